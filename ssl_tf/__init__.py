@@ -1,0 +1,32 @@
+"""ssl_tf: self-supervised visual representation learning with Keras 3 and TensorFlow.
+
+Public API::
+
+    from ssl_tf import Config, Runner, build_method, load_dataset, evaluate, export
+"""
+__version__ = "0.1.0"
+
+from ssl_tf.config import Config  # noqa: E402,F401
+from ssl_tf.data import load_dataset  # noqa: E402,F401
+from ssl_tf.errors import SSLTFError  # noqa: E402,F401
+
+
+def build_method(name: str, encoder, num_classes: int = 0, **kwargs):
+    """A method by registry name, e.g. ``build_method('simclr', encoder, 10, temperature=0.5)``."""
+    from ssl_tf.methods import METHODS
+    if name not in METHODS:
+        raise SSLTFError(f"method '{name}': unknown; accepted: {', '.join(METHODS)}")
+    return METHODS[name](encoder, num_classes, **kwargs)
+
+
+def __getattr__(name):  # lazy: importing ssl_tf does not import TensorFlow-heavy modules
+    if name == "Runner":
+        from ssl_tf.runner import Runner
+        return Runner
+    if name == "export":
+        from ssl_tf.export import export_encoder
+        return export_encoder
+    if name == "evaluate":
+        from ssl_tf import eval as eval_lib
+        return eval_lib
+    raise AttributeError(name)

@@ -1,0 +1,83 @@
+"""``ssl-tf``: the absl command line. The only module that reads FLAGS.
+
+Every flag is generated from a ``Config`` field (same name, type, help and choices), so the
+flags, the typed config and the README table cannot drift apart. Flags become a ``Config``
+at once; mistakes end as one line ``ssl-tf: error: …`` and exit status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter off the console
+
+from absl import app, flags  # noqa: E402
+
+from ssl_tf.config import Config  # noqa: E402
+from ssl_tf.errors import SSLTFError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _base_type(tp):
+    if typing.get_origin(tp) is typing.Union:
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def define_flags(flag_values=FLAGS):
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        tp, help_, choices = _base_type(hints[f.name]), f.metadata["help"], f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(f.name, f.default, list(choices), help_, flag_values=flag_values)
+        elif tp is bool:
+            flags.DEFINE_boolean(f.name, f.default, help_, flag_values=flag_values)
+        elif tp is int:
+            flags.DEFINE_integer(f.name, f.default, help_, flag_values=flag_values)
+        elif tp is float:
+            flags.DEFINE_float(f.name, f.default, help_, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(f.name, f.default, help_, flag_values=flag_values)
+
+
+def config_from_flags(flag_values=FLAGS) -> Config:
+    return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SSLTFError(f"unexpected arguments {argv[1:]}; every option is a --flag (see ssl-tf --help)")
+    cfg = config_from_flags()
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")
+    from ssl_tf.runner import Runner, results_table   # imports TensorFlow
+    runner = Runner(cfg)
+    print(f"ssl-tf: {runner.cfg.method} on {runner.data.train.name} ({len(runner.data.train)} train, "
+          f"{len(runner.data.eval) if runner.data.eval is not None else 0} eval), "
+          f"{runner.cfg.backbone}×{runner.cfg.width}, {runner.replicas} replica(s); steps: "
+          f"{','.join(runner.cfg.modes)}; model_dir: {runner.cfg.model_dir}", flush=True)
+    results = runner.run()
+    print("\nResults (also in " + runner.results_path + "):\n" + results_table(results), flush=True)
+
+
+def _main_with_errors(argv):
+    try:
+        main(argv)
+    except SSLTFError as e:
+        print(f"ssl-tf: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    """Console-script entry point."""
+    define_flags()
+    app.run(_main_with_errors)
+
+
+if __name__ == "__main__":
+    run()

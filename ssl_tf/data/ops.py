@@ -1,0 +1,150 @@
+"""Pure, stateless TF image ops for ``tf.data`` maps.
+
+Every random op takes an explicit ``seed`` (int tensor of shape [2]) and uses the
+``tf.image.stateless_*`` / ``tf.random.stateless_*`` family, so a run is reproducible
+from ``--seed`` whatever the parallelism of the input pipeline. Images are float32 in
+[0, 1], shape [H, W, 3]. The parameter ranges follow SimCLR (Chen et al. 2020,
+appendix A and ``tf2/data_util.py`` of google-research/simclr).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def split_seed(seed, num: int):
+    """``num`` independent child seeds of ``seed`` (a [num, 2] tensor)."""
+    return tf.random.experimental.stateless_split(seed, num)
+
+
+def coin(seed, p: float):
+    """Stateless Bernoulli(p) as a scalar bool tensor."""
+    return tf.random.stateless_uniform([], seed) < p
+
+
+def random_apply(fn, image, seed, p: float):
+    """Apply ``fn(image, seed)`` with probability ``p``."""
+    if p <= 0:
+        return image
+    s = split_seed(seed, 2)
+    if p >= 1:
+        return fn(image, s[1])
+    return tf.cond(coin(s[0], p), lambda: fn(image, s[1]), lambda: image)
+
+
+def to_float(image):
+    """uint8 [0, 255] (or float) to float32 in [0, 1]."""
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def random_resized_crop(image, seed, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Crop a random box of ``scale`` area fraction and ``ratio`` aspect, resize to size×size."""
+    shape = tf.shape(image)
+    box = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=box, seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=ratio, area_range=scale, max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    offset_y, offset_x, _ = tf.unstack(begin)
+    height, width, _ = tf.unstack(crop_size)
+    crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
+    return resize(crop, size)
+
+
+def resize(image, size: int):
+    out = tf.image.resize(image, [size, size], method="bicubic")
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def center_crop_resize(image, size: int, crop_fraction: float = 0.875):
+    """Central square crop holding ``crop_fraction`` of the shorter side, resized to size×size."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    side = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * crop_fraction, tf.int32)
+    crop = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
+    return resize(crop, size)
+
+
+def random_flip(image, seed):
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def grayscale(image):
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def random_grayscale(image, seed, p: float = 0.2):
+    return random_apply(lambda x, _: grayscale(x), image, seed, p)
+
+
+def color_jitter(image, seed, strength: float):
+    """Brightness, contrast, saturation (0.8·s) and hue (0.2·s) jitter in a random order.
+
+    Brightness is multiplicative (SimCLR v2's ``impl=simclrv2``); each result is clipped to [0, 1].
+    """
+    if strength <= 0:
+        return image
+    b = c = s = 0.8 * strength
+    h = 0.2 * strength
+    seeds = split_seed(seed, 5)
+
+    def brightness(x):
+        factor = tf.random.stateless_uniform([], seeds[0], 1 - b, 1 + b)
+        return x * factor
+
+    def contrast(x):
+        return tf.image.stateless_random_contrast(x, 1 - c, 1 + c, seeds[1])
+
+    def saturation(x):
+        return tf.image.stateless_random_saturation(x, 1 - s, 1 + s, seeds[2])
+
+    def hue(x):
+        return tf.image.stateless_random_hue(x, h, seeds[3]) if h > 0 else x
+
+    branches = [brightness, contrast, saturation, hue]
+    order = tf.random.experimental.stateless_shuffle(tf.range(4), seeds[4])
+    for i in range(4):
+        image = tf.switch_case(order[i], [lambda f=f: tf.clip_by_value(f(image), 0.0, 1.0)
+                                          for f in branches])
+    return image
+
+
+def random_color_jitter(image, seed, strength: float, p: float = 0.8):
+    return random_apply(lambda x, sd: color_jitter(x, sd, strength), image, seed, p)
+
+
+def gaussian_kernel(sigma, radius: int):
+    """Normalised 1-D Gaussian weights exp(-x^2 / 2 sigma^2) for x in [-radius, radius]."""
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    weights = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+    return weights / tf.reduce_sum(weights)
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+    """Separable Gaussian blur with reflect padding: a vertical then a horizontal 1-D pass."""
+    radius = kernel_size // 2
+    k = gaussian_kernel(sigma, radius)
+    x = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    vertical = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
+    horizontal = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
+    x = tf.nn.depthwise_conv2d(x, vertical, [1, 1, 1, 1], "VALID")
+    x = tf.nn.depthwise_conv2d(x, horizontal, [1, 1, 1, 1], "VALID")
+    return x[0]
+
+
+def random_blur(image, seed, p: float = 0.5, sigma_range=(0.1, 2.0), kernel_fraction: float = 0.1):
+    """SimCLR blur: kernel side ≈ 10% of the image side, σ uniform in ``sigma_range``."""
+    size = int(image.shape[0] or 32)
+    kernel_size = max(3, int(round(size * kernel_fraction)) | 1)
+
+    def blur(x, sd):
+        sigma = tf.random.stateless_uniform([], sd, *sigma_range)
+        return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size), 0.0, 1.0)
+    return random_apply(blur, image, seed, p)
+
+
+def solarize(image, threshold: float = 0.5):
+    return tf.where(image < threshold, image, 1.0 - image)
+
+
+def random_solarize(image, seed, p: float, threshold: float = 0.5):
+    return random_apply(lambda x, _: solarize(x, threshold), image, seed, p)

@@ -1,0 +1,71 @@
+"""View recipes: what a method sees of one image.
+
+A recipe is a pure function ``(uint8 image [H, W, 3], seed [2]) -> views`` built from
+``ops``. Methods name the recipe they need; ``views_for`` builds it from the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from ssl_tf.data import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    image_size: int = 32
+    crop_scale: tuple[float, float] = (0.08, 1.0)   # SimCLR: area 8%..100%
+    color_jitter: float = 1.0                       # strength s (SimCLR ImageNet: 1.0; CIFAR: 0.5)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0                             # SimCLR: 0.5 on ImageNet, off at <= 32 px
+    solarize_p: float = 0.0
+
+
+def simclr_view(image, seed, cfg: AugmentConfig):
+    """One SimCLR view: crop+resize, flip, colour jitter (p=0.8), grayscale (p=0.2), blur, solarize."""
+    s = ops.split_seed(seed, 6)
+    x = ops.to_float(image)
+    x = ops.random_resized_crop(x, s[0], cfg.image_size, scale=cfg.crop_scale)
+    x = ops.random_flip(x, s[1])
+    x = ops.random_color_jitter(x, s[2], cfg.color_jitter, cfg.color_jitter_p)
+    x = ops.random_grayscale(x, s[3], cfg.grayscale_p)
+    x = ops.random_blur(x, s[4], cfg.blur_p)
+    x = ops.random_solarize(x, s[5], cfg.solarize_p)
+    return tf.ensure_shape(x, [cfg.image_size, cfg.image_size, 3])
+
+
+def two_views(image, seed, cfg: AugmentConfig):
+    """The SimCLR pair: two independent draws of ``simclr_view``."""
+    s = ops.split_seed(seed, 2)
+    return simclr_view(image, s[0], cfg), simclr_view(image, s[1], cfg)
+
+
+def crop_flip_view(image, seed, cfg: AugmentConfig):
+    """Light augmentation for fine-tuning and probes: random resized crop and flip only."""
+    s = ops.split_seed(seed, 2)
+    x = ops.random_resized_crop(ops.to_float(image), s[0], cfg.image_size, scale=cfg.crop_scale)
+    return tf.ensure_shape(ops.random_flip(x, s[1]), [cfg.image_size, cfg.image_size, 3])
+
+
+def eval_view(image, image_size: int):
+    """Deterministic eval preprocessing: centre crop (87.5%) + resize above 32 px, plain resize at <= 32 px."""
+    x = ops.to_float(image)
+    if image_size > 32:
+        x = ops.center_crop_resize(x, image_size)
+    else:
+        x = ops.resize(x, image_size)
+    return tf.ensure_shape(x, [image_size, image_size, 3])
+
+
+RECIPES = {
+    "two_views": two_views,
+    "crop_flip": crop_flip_view,
+}
+
+
+def views_for(recipe: str, cfg: AugmentConfig):
+    """``(image, seed) -> views`` for a named recipe."""
+    fn = RECIPES[recipe]
+    return lambda image, seed: fn(image, seed, cfg)

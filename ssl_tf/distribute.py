@@ -1,0 +1,107 @@
+"""Strategy creation and the cross-replica helpers every method uses.
+
+Inside ``strategy.run`` the helpers gather across replicas; outside any replica context
+(one device, model building) they are the identity, so losses are written once.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from ssl_tf.errors import SSLTFError
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def replica_context():
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+def num_replicas() -> int:
+    ctx = replica_context()
+    return ctx.num_replicas_in_sync if ctx else 1
+
+
+def replica_id():
+    """This replica's index as an int32 tensor (0 outside distribution)."""
+    ctx = replica_context()
+    if ctx is None:
+        return tf.constant(0, tf.int32)
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+
+
+def gather(x):
+    """Concatenate ``x`` over replicas along axis 0; gradients flow back to each replica's part.
+
+    Written as an all-reduce SUM of ``x`` zero-padded into its replica's rows: the gradient of
+    an all-reduce is the all-reduce of the gradients, so each replica receives the gradient of
+    every replica's loss with respect to its own rows (``ReplicaContext.all_gather`` lost the
+    other replicas' terms under ``ReductionToOneDevice``). Equal batch sizes per replica.
+    """
+    ctx = replica_context()
+    if ctx is None:
+        return x
+    n, rid = ctx.num_replicas_in_sync, tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    b = tf.shape(x)[0]
+    pads = [[rid * b, (n - 1 - rid) * b]] + [[0, 0]] * (len(x.shape) - 1)
+    return ctx.all_reduce("SUM", tf.pad(x, pads))
+
+
+def all_reduce_mean(x):
+    ctx = replica_context()
+    return ctx.all_reduce("MEAN", x) if ctx else x
+
+
+def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+    """``--strategy``: auto (mirrored over GPUs when there are several, else the default device),
+    one_device, mirrored (all local GPUs, or all logical CPUs), multi_worker (``TF_CONFIG``), tpu."""
+    if name not in STRATEGIES:
+        raise SSLTFError(f"--strategy={name}: unknown; accepted: {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # On CPU devices the default collective ops can launch sync-BN all-reduces and all_gather in a
+        # different order on each replica (a collective-instance mismatch); reducing through one device
+        # is ordered, and exact (tests/test_distribute.py).
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise SSLTFError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                             "(cluster spec and this worker's task)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError:
+            raise SSLTFError("--strategy=multi_worker: TF_CONFIG is not valid JSON") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as e:
+        raise SSLTFError(f"--strategy=tpu --tpu={tpu or ''}: no TPU found ({str(e).splitlines()[0]})") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def split_cpu(num_devices: int) -> None:
+    """Split the CPU into ``num_devices`` logical devices (tests, and mirrored runs on a CPU host).
+
+    Must run before TensorFlow initialises its devices.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    if current and len(current) == num_devices:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
+    except RuntimeError:
+        raise SSLTFError(f"--num_cpu_devices={num_devices}: TensorFlow is already initialised; "
+                         "it must be set before the first TensorFlow op") from None

@@ -1,0 +1,3 @@
+from ssl_tf.eval.features import extract  # noqa: F401
+from ssl_tf.eval.knn import knn_predict, knn_top1  # noqa: F401
+from ssl_tf.eval.linear import probe  # noqa: F401

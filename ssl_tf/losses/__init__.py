@@ -1,0 +1,1 @@
+from ssl_tf.losses.contrastive import ContrastiveOutput, nt_xent  # noqa: F401

@@ -1,0 +1,28 @@
+"""``--optimizer`` registry."""
+from __future__ import annotations
+
+import keras
+
+from ssl_tf.errors import SSLTFError
+from ssl_tf.optim.lars import LARS
+from ssl_tf.optim.schedules import LR_SCALINGS, WarmupCosine, scale_learning_rate  # noqa: F401
+
+OPTIMIZERS = ("lars", "sgd", "adam", "adamw")
+NO_DECAY = ["bias", "gamma", "beta"]   # Keras variable names of biases and BN parameters
+
+
+def build_optimizer(name: str, learning_rate, weight_decay: float = 0.0, momentum: float = 0.9):
+    """LARS, SGD (momentum, decoupled decay), Adam (no decay) or AdamW; BN and bias never decayed."""
+    if name == "lars":
+        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay)
+    if name == "sgd":
+        opt = keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=weight_decay or None)
+    elif name == "adam":
+        opt = keras.optimizers.Adam(learning_rate)
+    elif name == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    else:
+        raise SSLTFError(f"--optimizer={name}: unknown; accepted: {', '.join(OPTIMIZERS)}")
+    if weight_decay and name != "adam":
+        opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    return opt

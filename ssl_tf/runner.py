@@ -1,0 +1,340 @@
+"""The runner: strategy, data, one training loop for every strategy, evaluation, export, results.
+
+Keras 3 ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so every
+phase that trains — pretraining and fine-tuning — goes through ``Runner.fit``: a custom
+loop of ``strategy.run(model.train_step)`` over ``distribute_datasets_from_function``, with
+checkpoints every N steps, automatic resume, TensorBoard scalars and a progress bar.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssl_tf import config as config_lib
+from ssl_tf import distribute, eval as eval_lib, optim
+from ssl_tf.data import pipeline, subsets, views
+from ssl_tf.data.sources import Examples, load_dataset
+from ssl_tf.errors import SSLTFError
+from ssl_tf.export import export_encoder
+from ssl_tf.methods import METHODS, Classifier
+from ssl_tf.models import build_backbone
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def versions() -> dict:
+    import ssl_tf
+    return {"ssl_tf": ssl_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+class Runner:
+    def __init__(self, cfg: config_lib.Config, log=print):
+        self.log = log
+        if cfg.num_cpu_devices > 1:
+            distribute.split_cpu(cfg.num_cpu_devices)
+        self.strategy = distribute.make_strategy(cfg.strategy, cfg.tpu)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.data = load_dataset(cfg.dataset, eval_spec=cfg.eval_dataset, data_dir=cfg.data_dir,
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size)
+        cfg = config_lib.resolve(cfg, _image_side(self.data.train))
+        if cfg.batch_size % self.replicas:
+            raise SSLTFError(f"--batch_size={cfg.batch_size}: must be divisible by the {self.replicas} replicas "
+                             f"of --strategy={cfg.strategy} (it is the global batch)")
+        if cfg.jit_compile == "true" and self.replicas > 1:
+            raise SSLTFError("--jit_compile=true: XLA fails under multi-replica strategies on CPU; "
+                             "use --jit_compile=auto or false, or one device")
+        self.cfg = cfg
+        # Under several replicas BN is synchronised when --global_bn (SimCLR's global_bn).
+        self.model_cfg = dataclasses.replace(cfg, global_bn=cfg.global_bn and self.replicas > 1)
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        self.results_path = os.path.join(cfg.model_dir, "results.json")
+        self.results = {}
+        if os.path.exists(self.results_path):
+            with open(self.results_path) as f:
+                self.results = json.load(f)
+        train = self.data.train
+        self.labelled_idx = (subsets.label_fraction(train.labels, cfg.label_fraction, cfg.seed)
+                             if (train.labels >= 0).any() else np.zeros([0], np.int64))
+        self._encoder = None
+
+    # ------------------------------------------------------------------ building blocks
+    def build_encoder(self):
+        c = self.model_cfg
+        return build_backbone(c.backbone, width=c.width, image_size=c.image_size, synchronized_bn=c.global_bn)
+
+    def augment_config(self) -> views.AugmentConfig:
+        c = self.cfg
+        return views.AugmentConfig(image_size=c.image_size, crop_scale=(c.crop_min_scale, 1.0),
+                                   color_jitter=c.color_jitter, blur_p=0.5 if c.blur else 0.0)
+
+    def _use_jit(self) -> bool:
+        if self.cfg.jit_compile != "auto":
+            return self.cfg.jit_compile == "true"
+        return self.replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
+
+    def _save_results(self):
+        self.results.update(config=config_lib.to_dict(self.cfg), versions=versions(),
+                            data={"train": self.data.train.name, "num_train": len(self.data.train),
+                                  "eval": self.data.eval.name if self.data.eval is not None else None,
+                                  "num_eval": len(self.data.eval) if self.data.eval is not None else 0,
+                                  "num_classes": self.data.num_classes,
+                                  "num_labelled": int(len(self.labelled_idx))})
+        tmp = self.results_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.results_path)
+
+    # ------------------------------------------------------------------ the one training loop
+    def fit(self, make_model, examples: Examples, *, epochs: int, global_batch: int, make_optimizer,
+            tag: str, max_steps: int | None = None):
+        """Train ``make_model()`` on ``examples`` with its view recipe; resume from ``model_dir/tag``."""
+        cfg, strategy = self.cfg, self.strategy
+        per_epoch = pipeline.steps_per_epoch(examples, global_batch)
+        total = epochs * per_epoch
+        stop = min(total, max_steps) if max_steps else total
+        keras.utils.set_random_seed(cfg.seed)
+        with strategy.scope():
+            model = make_model()
+            view_fn = views.views_for(model.view_recipe, self.augment_config())
+            sample = next(iter(pipeline.train_stream(examples, view_fn, global_batch=global_batch // self.replicas,
+                                                     seed=cfg.seed)))
+            model.build_with(sample, make_optimizer(total, per_epoch))
+            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            parts = dict(model=model, optimizer=model.optimizer, step=step)
+            if model.probe_optimizer is not None:
+                parts["probe_optimizer"] = model.probe_optimizer
+            ckpt = tf.train.Checkpoint(**parts)
+        directory = os.path.join(cfg.model_dir, tag)
+        manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=cfg.keep_checkpoints)
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            self.log(f"[{tag}] resumed from {manager.latest_checkpoint} at step {int(step)}")
+        start = int(step)
+
+        dataset = strategy.distribute_datasets_from_function(
+            lambda ctx: pipeline.train_stream(examples, view_fn, global_batch=global_batch, seed=cfg.seed,
+                                              start_step=start, input_context=ctx))
+        replica_step = tf.function(model.train_step, jit_compile=self._use_jit())
+
+        @tf.function
+        def distributed_step(batch):
+            logs = strategy.run(replica_step, args=(batch,))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+        writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag))
+        bar = keras.utils.Progbar(stop, stateful_metrics=None) if cfg.progress and start < stop else None
+        sums, count, logs = {}, 0, {}
+        timed_steps, timed_seconds = 0, 0.0
+        iterator = iter(dataset)
+        for s in range(start, stop):
+            t0 = time.perf_counter()
+            logs = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+            if s > start:  # the first step traces the graph
+                timed_seconds += time.perf_counter() - t0
+                timed_steps += 1
+            if not math.isfinite(logs["loss"]):
+                raise SSLTFError(f"[{tag}] loss is {logs['loss']} at step {s + 1}; last good checkpoint: "
+                                 f"{manager.latest_checkpoint or 'none'} (try a lower --learning_rate)")
+            step.assign(s + 1)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if (s + 1) % cfg.log_every == 0 or s + 1 == stop:
+                lr = model.optimizer.learning_rate
+                with writer.as_default(step=s + 1):
+                    for k, v in logs.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
+            if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == stop:
+                manager.save(checkpoint_number=s + 1)
+            if (s + 1) % per_epoch == 0 or s + 1 == stop:
+                means = {k: v / count for k, v in sums.items()}
+                with writer.as_default(step=s + 1):
+                    for k, v in means.items():
+                        tf.summary.scalar(f"epoch/{k}", v)
+                sums, count = {}, 0
+            if bar is not None:
+                bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
+        writer.flush()
+        summary = {"steps": int(step), "total_steps": total, "steps_per_epoch": per_epoch,
+                   "epochs": round(int(step) / per_epoch, 3), "global_batch": global_batch,
+                   "replicas": self.replicas, "final": logs,
+                   "train_images_per_sec": round(timed_steps * global_batch / timed_seconds, 1) if timed_steps else None,
+                   "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        return model, summary
+
+    # ------------------------------------------------------------------ modes
+    def pretrain(self):
+        cfg = self.cfg
+        method = METHODS[cfg.method]
+        train = self.data.train
+        probe_labels = np.full(len(train), -1, np.int64)
+        probe_labels[self.labelled_idx] = train.labels[self.labelled_idx]
+        train = dataclasses.replace(train, labels=probe_labels)
+
+        def make_optimizer(total, per_epoch):
+            lr = optim.scale_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.lr_scaling)
+            schedule = optim.WarmupCosine(lr, round(cfg.warmup_epochs * per_epoch), total)
+            return optim.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
+        model, summary = self.fit(lambda: method.from_config_obj(self.model_cfg, self.build_encoder(),
+                                                                 self.data.num_classes),
+                                  train, epochs=cfg.epochs, global_batch=cfg.batch_size,
+                                  make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps)
+        self._encoder = model.encoder
+        self.results["pretrain"] = summary
+        self._save_results()
+        return summary
+
+    def encoder(self):
+        """The pretrained encoder: from this process, else from --checkpoint / the latest in model_dir."""
+        if self._encoder is not None:
+            return self._encoder
+        path = self.cfg.checkpoint
+        if path and os.path.isdir(path):
+            path = tf.train.latest_checkpoint(path)
+        if not path:
+            path = tf.train.latest_checkpoint(os.path.join(self.cfg.model_dir, "pretrain"))
+        if not path:
+            raise SSLTFError(f"--model_dir={self.cfg.model_dir}: no pretraining checkpoint found; run "
+                             "--mode=pretrain first or pass --checkpoint")
+        with self.strategy.scope():
+            encoder = self.build_encoder()
+        try:
+            status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).read(path)
+            status.expect_partial().assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise SSLTFError(f"--checkpoint={path}: does not hold a {self.cfg.backbone} encoder of "
+                             f"width {self.cfg.width} ({str(e).splitlines()[0][:200]})") from None
+        self.log(f"loaded encoder from {path}")
+        self._encoder = encoder
+        return encoder
+
+    def random_encoder(self):
+        keras.utils.set_random_seed(self.cfg.seed)
+        return self.build_encoder()
+
+    def _eval_sets(self, tag: str):
+        if self.data.eval is None or not len(self.labelled_idx):
+            raise SSLTFError(f"--mode={tag} needs labelled training data and an evaluation set; pass "
+                             "--eval_dataset with a labelled source")
+        return self.data.train.subset(self.labelled_idx), self.data.eval
+
+    def _features(self, encoder, tag):
+        train, test = self._eval_sets(tag)
+        c = self.cfg
+        tr = eval_lib.extract(encoder, train, c.image_size, c.eval_batch_size)
+        te = eval_lib.extract(encoder, test, c.image_size, c.eval_batch_size)
+        return tr, te
+
+    def linear_eval(self):
+        c = self.cfg
+        out = {"head": c.eval_head, "epochs": c.eval_epochs}
+        encoders = [("top1", self.encoder())] + ([("random_init_top1", self.random_encoder())]
+                                                if c.random_baseline else [])
+        for key, enc in encoders:
+            (trx, try_), (tex, tey) = self._features(enc, "linear_eval")
+            res = eval_lib.probe(trx, try_, tex, tey, self.data.num_classes, head=c.eval_head,
+                                 epochs=c.eval_epochs, batch_size=c.eval_batch_size, seed=c.seed)
+            out[key] = round(res["top1"], 2)
+            if key == "top1":
+                out["train_top1"] = round(res["train_top1"], 2)
+                out.update(num_train=len(trx), num_eval=len(tex))
+        self.results["linear_eval"] = out
+        self._save_results()
+        return out
+
+    def knn(self):
+        c = self.cfg
+        out = {"k": c.knn_k, "temperature": c.knn_temperature}
+        encoders = [("top1", self.encoder())] + ([("random_init_top1", self.random_encoder())]
+                                                if c.random_baseline else [])
+        for key, enc in encoders:
+            (trx, try_), (tex, tey) = self._features(enc, "knn")
+            out[key] = round(eval_lib.knn_top1(trx, try_, tex, tey, self.data.num_classes, c.knn_k,
+                                               c.knn_temperature), 2)
+        self.results["knn"] = out
+        self._save_results()
+        return out
+
+    def finetune(self):
+        c = self.cfg
+        train, test = self._eval_sets("finetune")
+        pretrained = self.encoder()
+        batch = min(c.batch_size, len(train) // self.replicas * self.replicas)
+
+        def make_model():
+            enc = self.build_encoder()
+            enc.set_weights(pretrained.get_weights())
+            return Classifier(enc, self.data.num_classes)
+
+        def make_optimizer(total, per_epoch):
+            lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
+            return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
+        model, summary = self.fit(make_model, train, epochs=c.ft_epochs, global_batch=batch,
+                                  make_optimizer=make_optimizer, tag="finetune")
+        logits, labels = eval_lib.extract(model, test, c.image_size, c.eval_batch_size)
+        summary.update(top1=round(float(np.mean(np.argmax(logits, -1) == labels) * 100), 2),
+                       label_fraction=c.label_fraction, num_labelled=len(train))
+        self.results["finetune"] = summary
+        self._save_results()
+        return summary
+
+    def export(self):
+        path = export_encoder(self.encoder(), os.path.join(self.cfg.model_dir, "export"), self.cfg.image_size)
+        out = {"path": path, "feature_dim": int(self.encoder().output_shape[-1]),
+               "signatures": ["serving_default", "serve_bytes"]}
+        self.results["export"] = out
+        self._save_results()
+        return out
+
+    def run(self):
+        for mode in self.cfg.modes:
+            getattr(self, mode)()
+        self._save_results()
+        return self.results
+
+
+def _image_side(examples: Examples) -> int | None:
+    if examples.images is not None:
+        return int(examples.images.shape[1])
+    return None
+
+
+def results_table(results: dict) -> str:
+    """The short human summary printed at the end of a run."""
+    rows = []
+    if "pretrain" in results:
+        p = results["pretrain"]
+        rows.append(("pretrain steps / epochs", f"{p['steps']} / {p['epochs']}"))
+        rows.append(("train images/s", f"{p['train_images_per_sec']}"))
+        if "probe_acc" in p.get("final", {}):
+            rows.append(("online probe top-1 (train views, last step)", f"{100 * p['final']['probe_acc']:.2f}"))
+    if "linear_eval" in results:
+        r = results["linear_eval"]
+        rows.append((f"{r['head']} probe top-1", f"{r['top1']:.2f}"))
+        if "random_init_top1" in r:
+            rows.append((f"{r['head']} probe top-1, random-init backbone", f"{r['random_init_top1']:.2f}"))
+    if "knn" in results:
+        r = results["knn"]
+        rows.append((f"kNN top-1 (k={r['k']}, T={r['temperature']})", f"{r['top1']:.2f}"))
+        if "random_init_top1" in r:
+            rows.append(("kNN top-1, random-init backbone", f"{r['random_init_top1']:.2f}"))
+    if "finetune" in results:
+        r = results["finetune"]
+        rows.append((f"fine-tune top-1 ({100 * r['label_fraction']:g}% labels)", f"{r['top1']:.2f}"))
+    if "export" in results:
+        rows.append(("SavedModel", results["export"]["path"]))
+    width = max((len(a) for a, _ in rows), default=10)
+    return "\n".join(f"  {a:<{width}}  {b}" for a, b in rows)

@@ -1,0 +1,85 @@
+"""``ssl-tf`` in fresh processes: every --mode, resume after interruption, one-line errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+TINY = ["--dataset=shapes:96,40", "--image_size=16", "--width=0.125", "--batch_size=16", "--epochs=2",
+        "--checkpoint_every=2", "--progress=false", "--eval_epochs=3", "--ft_epochs=1", "--log_every=1"]
+
+
+def _results(model_dir):
+    with open(os.path.join(model_dir, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_pretrain_resume_then_every_eval_mode(cli, tmp_path):
+    model_dir = str(tmp_path / "run")
+    first = cli("--mode=pretrain", "--max_steps=3", f"--model_dir={model_dir}", *TINY)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _results(model_dir)["pretrain"]["steps"] == 3
+    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-2.index"))
+    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-3.index"))
+    assert any(f.startswith("events.out") for f in os.listdir(os.path.join(model_dir, "logs", "pretrain")))
+
+    # "interrupted" at step 3 of 10: the same command with a later stop resumes, not restarts
+    second = cli("--mode=pretrain", "--max_steps=7", f"--model_dir={model_dir}", *TINY)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout + second.stderr and "at step 3" in second.stdout + second.stderr
+    res = _results(model_dir)["pretrain"]
+    assert res["steps"] == 7 and res["total_steps"] == 10
+
+    third = cli("--mode=all", f"--model_dir={model_dir}", *TINY)   # finishes pretraining, then evaluates
+    assert third.returncode == 0, third.stderr[-3000:]
+    res = _results(model_dir)
+    assert res["pretrain"]["steps"] == 10
+    for key in ("top1", "random_init_top1"):
+        assert 0.0 <= res["linear_eval"][key] <= 100.0 and 0.0 <= res["knn"][key] <= 100.0
+    assert res["linear_eval"]["num_eval"] == 40
+    assert os.path.exists(os.path.join(res["export"]["path"], "saved_model.pb"))
+    assert "linear probe top-1, random-init backbone" in third.stdout
+
+    ft = cli("--mode=finetune", "--label_fraction=0.5", f"--model_dir={model_dir}", *TINY)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    res = _results(model_dir)["finetune"]
+    assert res["num_labelled"] == 43 and res["steps"] == 2          # round(0.5 * 86 train) per class, 1 epoch of 16
+    assert 0.0 <= res["top1"] <= 100.0
+    assert "loaded encoder from" in ft.stdout + ft.stderr
+
+
+@pytest.mark.slow
+def test_npz_training_with_npz_eval_set(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 48), ("test", 20)):
+        np.savez(tmp_path / f"{name}.npz", images=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+                 labels=np.arange(n) % 4)
+    out = cli(f"--dataset=npz:{tmp_path / 'train.npz'}", f"--eval_dataset=npz:{tmp_path / 'test.npz'}",
+              "--mode=pretrain,knn", "--max_steps=2", "--width=0.125", "--batch_size=16", "--progress=false",
+              "--random_baseline=false", f"--model_dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = _results(str(tmp_path / "run"))
+    assert res["data"]["num_train"] == 48 and res["data"]["num_eval"] == 20
+    assert res["config"]["image_size"] == 16 and res["config"]["temperature"] == 0.5   # <= 32 px default
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--dataset=npz:/nonexistent.npz"], "ssl-tf: error: --dataset=npz:/nonexistent.npz: no such file"),
+    (["--mode=train"], "ssl-tf: error: --mode=train: unknown step 'train'; accepted: pretrain"),
+    (["--dataset=shapes:40,10", "--batch_size=64"], "ssl-tf: error: --batch_size=64 is larger than the training set"),
+    (["--batch_size=1"], "ssl-tf: error: --batch_size=1: must be >= 2"),
+    (["--mode=knn", "--model_dir=/tmp/ssl_tf_empty_dir_for_test", "--dataset=shapes:20,10"],
+     "ssl-tf: error: --model_dir=/tmp/ssl_tf_empty_dir_for_test: no pretraining checkpoint found"),
+])
+def test_bad_flags_give_one_line_errors(cli, tmp_path, args, expected):
+    out = cli(*args, cwd=str(tmp_path))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert expected in out.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_enum_value_lists_choices(cli, tmp_path):
+    out = cli("--method=byol2", cwd=str(tmp_path))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "simclr" in out.stderr and "--method" in out.stderr
