@@ -16,7 +16,9 @@ tf.get_logger().setLevel("ERROR")
 
 def run_cli(*args, cwd=None, timeout=600):
     """Run ``ssl-tf`` in a fresh process; return the CompletedProcess."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     return subprocess.run([sys.executable, "-m", "ssl_tf.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 
