@@ -225,6 +225,12 @@ class Runner:
         keras.utils.set_random_seed(self.cfg.seed)
         return self.build_encoder()
 
+    def _encoders_to_evaluate(self):
+        """(result key, encoder): the pretrained one, and a random-init one when --random_baseline."""
+        yield "top1", self.encoder()
+        if self.cfg.random_baseline:
+            yield "random_init_top1", self.random_encoder()
+
     def _eval_sets(self, tag: str):
         if self.data.eval is None or not len(self.labelled_idx):
             raise SSLTFError(f"--mode={tag} needs labelled training data and an evaluation set; pass "
@@ -241,9 +247,7 @@ class Runner:
     def linear_eval(self):
         c = self.cfg
         out = {"head": c.eval_head, "epochs": c.eval_epochs}
-        encoders = [("top1", self.encoder())] + ([("random_init_top1", self.random_encoder())]
-                                                if c.random_baseline else [])
-        for key, enc in encoders:
+        for key, enc in self._encoders_to_evaluate():
             (trx, try_), (tex, tey) = self._features(enc, "linear_eval")
             res = eval_lib.probe(trx, try_, tex, tey, self.data.num_classes, head=c.eval_head,
                                  epochs=c.eval_epochs, batch_size=c.eval_batch_size, seed=c.seed)
@@ -258,9 +262,7 @@ class Runner:
     def knn(self):
         c = self.cfg
         out = {"k": c.knn_k, "temperature": c.knn_temperature}
-        encoders = [("top1", self.encoder())] + ([("random_init_top1", self.random_encoder())]
-                                                if c.random_baseline else [])
-        for key, enc in encoders:
+        for key, enc in self._encoders_to_evaluate():
             (trx, try_), (tex, tey) = self._features(enc, "knn")
             out[key] = round(eval_lib.knn_top1(trx, try_, tex, tey, self.data.num_classes, c.knn_k,
                                                c.knn_temperature), 2)
