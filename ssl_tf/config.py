@@ -20,11 +20,14 @@ EVAL_HEADS = ("linear", "mlp")
 JIT_CHOICES = ("auto", "true", "false")
 
 # Unset flags on the built-in shapes dataset: sized to finish the demo in a few CPU minutes.
-# Colour is pure nuisance in shapes, so full-strength jitter and crops that keep most of the shape
-# (measured: random-init probe 13.1% -> 22.9% after 300 steps, vs 17.1% with the CIFAR recipe).
-SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=256, warmup_epochs=0.5, optimizer="adam",
-                     learning_rate=2e-3, weight_decay=0.0, temperature=0.2, color_jitter=1.0,
-                     crop_min_scale=0.3, ft_epochs=3, eval_epochs=100)
+# Colour is pure nuisance in shapes, so full-strength jitter and crops that keep most of the shape;
+# LARS with square-root lr scaling, which SimCLR (appendix B.1) found better for short training,
+# at 0.15·√batch (measured over 200 steps of batch 256: linear probe 21.4% random -> 39.4% at
+# 0.15·√256, 34.9% at SimCLR's 0.075·√256, 37.2% at 0.3·√256, 33.3% with Adam 4e-3). Batch 128:
+# twice the steps in about the same time (full demo: +19.6 points over random vs +14.4 at 256).
+SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, optimizer="lars",
+                     learning_rate=0.15, lr_scaling="sqrt", weight_decay=1e-6, temperature=0.2,
+                     color_jitter=1.0, crop_min_scale=0.3, ft_epochs=3, eval_epochs=50)
 
 
 def _f(default, help, choices=None):
@@ -66,7 +69,8 @@ class Config:
     optimizer: Optional[str] = _f(None, "Optimizer (default lars, as SimCLR; shapes demo adam).",
                                   choices=("lars", "sgd", "adam", "adamw"))
     learning_rate: Optional[float] = _f(None, "Base learning rate before --lr_scaling (SimCLR LARS: 0.3; Adam: 1e-3).")
-    lr_scaling: str = _f("linear", "linear: lr×batch/256; sqrt: lr×√batch; none.", choices=("linear", "sqrt", "none"))
+    lr_scaling: Optional[str] = _f(None, "linear: lr×batch/256 (default); sqrt: lr×√batch (shapes demo); none.",
+                                   choices=("linear", "sqrt", "none"))
     warmup_epochs: Optional[float] = _f(None, "Linear warmup epochs before cosine decay (SimCLR: 10).")
     weight_decay: Optional[float] = _f(None, "Weight decay, never on BN and biases (SimCLR: 1e-6).")
     momentum: float = _f(0.9, "Momentum of LARS / SGD.")
@@ -133,7 +137,7 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     c.image_size = c.image_size or data_image_size or 224
     small = c.image_size <= 32
     c.optimizer = c.optimizer or "lars"
-    defaults = dict(crop_min_scale=0.08, width=1.0, epochs=100, batch_size=256, warmup_epochs=10.0, weight_decay=1e-6,
+    defaults = dict(lr_scaling="linear", crop_min_scale=0.08, width=1.0, epochs=100, batch_size=256, warmup_epochs=10.0, weight_decay=1e-6,
                     temperature=0.5 if small else 0.1, color_jitter=0.5 if small else 1.0, blur=not small,
                     eval_epochs=100, ft_epochs=30,
                     learning_rate={"lars": 0.3, "sgd": 0.3, "adam": 1e-3, "adamw": 1e-3}[c.optimizer])

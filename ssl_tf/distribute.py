@@ -33,13 +33,19 @@ def replica_id():
     return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
 
 
+def cross_replica_sum(x):
+    """Sum of ``x`` over replicas (identity outside distribution); differentiable: its gradient
+    is the sum of the replicas' gradients."""
+    ctx = replica_context()
+    return ctx.all_reduce("SUM", x) if ctx else x
+
+
 def gather(x):
     """Concatenate ``x`` over replicas along axis 0; gradients flow back to each replica's part.
 
-    Written as an all-reduce SUM of ``x`` zero-padded into its replica's rows: the gradient of
-    an all-reduce is the all-reduce of the gradients, so each replica receives the gradient of
-    every replica's loss with respect to its own rows (``ReplicaContext.all_gather`` lost the
-    other replicas' terms under ``ReductionToOneDevice``). Equal batch sizes per replica.
+    A ``cross_replica_sum`` of ``x`` zero-padded into its replica's rows, so each replica
+    receives the gradient of every replica's loss with respect to its own rows. Equal batch
+    sizes per replica.
     """
     ctx = replica_context()
     if ctx is None:
@@ -47,12 +53,27 @@ def gather(x):
     n, rid = ctx.num_replicas_in_sync, tf.cast(ctx.replica_id_in_sync_group, tf.int32)
     b = tf.shape(x)[0]
     pads = [[rid * b, (n - 1 - rid) * b]] + [[0, 0]] * (len(x.shape) - 1)
-    return ctx.all_reduce("SUM", tf.pad(x, pads))
+    return cross_replica_sum(tf.pad(x, pads))
 
 
-def all_reduce_mean(x):
-    ctx = replica_context()
-    return ctx.all_reduce("MEAN", x) if ctx else x
+def moments(x, axes):
+    """Mean and (biased) variance of ``x`` over ``axes`` and over every replica's batch.
+
+    Each replica computes its own two-pass moments; one ``gather`` brings every replica's
+    (count, mean, M2) and they are combined as Chan et al.'s parallel variance,
+    M2 = sum_r [M2_r + n_r (mean_r - mean)^2], which avoids the E[x^2] - E[x]^2 cancellation.
+    """
+    if replica_context() is None:
+        return tf.nn.moments(x, axes)
+    local_mean, local_var = tf.nn.moments(x, axes)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+    stats = gather(tf.concat([count[None], local_mean, local_var * count], 0)[None])   # [R, 1 + 2C]
+    c = local_mean.shape[-1]
+    counts, means, m2 = stats[:, :1], stats[:, 1:1 + c], stats[:, 1 + c:]
+    total = tf.reduce_sum(counts)
+    mean = tf.reduce_sum(counts * means, 0) / total
+    var = tf.reduce_sum(m2 + counts * tf.square(means - mean), 0) / total
+    return mean, var
 
 
 def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:

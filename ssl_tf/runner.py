@@ -68,6 +68,7 @@ class Runner:
         self.labelled_idx = (subsets.label_fraction(train.labels, cfg.label_fraction, cfg.seed)
                              if (train.labels >= 0).any() else np.zeros([0], np.int64))
         self._encoder = None
+        self._feature_cache = {}   # result key -> ((train x, y), (eval x, y))
 
     # ------------------------------------------------------------------ building blocks
     def build_encoder(self):
@@ -193,6 +194,7 @@ class Runner:
                                   train, epochs=cfg.epochs, global_batch=cfg.batch_size,
                                   make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps)
         self._encoder = model.encoder
+        self._feature_cache.clear()
         self.results["pretrain"] = summary
         self._save_results()
         return summary
@@ -226,10 +228,10 @@ class Runner:
         return self.build_encoder()
 
     def _encoders_to_evaluate(self):
-        """(result key, encoder): the pretrained one, and a random-init one when --random_baseline."""
-        yield "top1", self.encoder()
+        """(result key, encoder factory): the pretrained one, and a random-init one when --random_baseline."""
+        yield "top1", self.encoder
         if self.cfg.random_baseline:
-            yield "random_init_top1", self.random_encoder()
+            yield "random_init_top1", self.random_encoder
 
     def _eval_sets(self, tag: str):
         if self.data.eval is None or not len(self.labelled_idx):
@@ -237,18 +239,21 @@ class Runner:
                              "--eval_dataset with a labelled source")
         return self.data.train.subset(self.labelled_idx), self.data.eval
 
-    def _features(self, encoder, tag):
-        train, test = self._eval_sets(tag)
-        c = self.cfg
-        tr = eval_lib.extract(encoder, train, c.image_size, c.eval_batch_size)
-        te = eval_lib.extract(encoder, test, c.image_size, c.eval_batch_size)
-        return tr, te
+    def _features(self, key, make_encoder, tag):
+        """Frozen features of the labelled train subset and the eval set, extracted once per run
+        and encoder (linear_eval and knn share them)."""
+        if key not in self._feature_cache:
+            train, test = self._eval_sets(tag)
+            c, encoder = self.cfg, make_encoder()
+            self._feature_cache[key] = (eval_lib.extract(encoder, train, c.image_size, c.eval_batch_size),
+                                        eval_lib.extract(encoder, test, c.image_size, c.eval_batch_size))
+        return self._feature_cache[key]
 
     def linear_eval(self):
         c = self.cfg
         out = {"head": c.eval_head, "epochs": c.eval_epochs}
-        for key, enc in self._encoders_to_evaluate():
-            (trx, try_), (tex, tey) = self._features(enc, "linear_eval")
+        for key, make in self._encoders_to_evaluate():
+            (trx, try_), (tex, tey) = self._features(key, make, "linear_eval")
             res = eval_lib.probe(trx, try_, tex, tey, self.data.num_classes, head=c.eval_head,
                                  epochs=c.eval_epochs, batch_size=c.eval_batch_size, seed=c.seed)
             out[key] = round(res["top1"], 2)
@@ -262,8 +267,8 @@ class Runner:
     def knn(self):
         c = self.cfg
         out = {"k": c.knn_k, "temperature": c.knn_temperature}
-        for key, enc in self._encoders_to_evaluate():
-            (trx, try_), (tex, tey) = self._features(enc, "knn")
+        for key, make in self._encoders_to_evaluate():
+            (trx, try_), (tex, tey) = self._features(key, make, "knn")
             out[key] = round(eval_lib.knn_top1(trx, try_, tex, tey, self.data.num_classes, c.knn_k,
                                                c.knn_temperature), 2)
         self.results["knn"] = out

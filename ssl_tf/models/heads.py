@@ -4,6 +4,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ssl_tf.models.layers import BatchNorm
+
 
 def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, synchronized_bn: bool = False,
                     name: str = "projector") -> keras.Sequential:
@@ -18,8 +20,7 @@ def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, sy
     for i in range(num_layers):
         last = i == num_layers - 1
         stack += [layers.Dense(out_dim if last else hidden_dim, use_bias=False, name=f"dense{i}"),
-                  layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=not last,
-                                            synchronized=synchronized_bn, name=f"bn{i}")]
+                  BatchNorm(sync=synchronized_bn, momentum=0.9, epsilon=1e-5, center=not last, name=f"bn{i}")]
         if not last:
             stack.append(layers.ReLU(name=f"relu{i}"))
     return keras.Sequential(stack, name=name)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ssl_tf.models.layers import BatchNorm
+
 BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
 BN_MOMENTUM = 0.9   # SimCLR's BATCH_NORM_DECAY
 BN_EPSILON = 1e-5
 
 
 def _bn(name, synchronized):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized,
-                                     name=name)
+    return BatchNorm(sync=synchronized, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def _conv(filters, kernel, stride, name):
