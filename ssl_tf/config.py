@@ -66,7 +66,7 @@ class Config:
     batch_size: Optional[int] = _f(None, "Global batch size, split evenly over replicas (default 256).")
     epochs: Optional[int] = _f(None, "Pretraining epochs (default 100 as SimCLR's short schedule; shapes demo 5).")
     max_steps: Optional[int] = _f(None, "Stop pretraining after this many steps (the schedule still spans --epochs).")
-    optimizer: Optional[str] = _f(None, "Optimizer (default lars, as SimCLR; shapes demo adam).",
+    optimizer: Optional[str] = _f(None, "Optimizer (default lars, as SimCLR).",
                                   choices=("lars", "sgd", "adam", "adamw"))
     learning_rate: Optional[float] = _f(None, "Base learning rate before --lr_scaling (SimCLR LARS: 0.3; Adam: 1e-3).")
     lr_scaling: Optional[str] = _f(None, "linear: lr×batch/256 (default); sqrt: lr×√batch (shapes demo); none.",
@@ -137,7 +137,8 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     c.image_size = c.image_size or data_image_size or 224
     small = c.image_size <= 32
     c.optimizer = c.optimizer or "lars"
-    defaults = dict(lr_scaling="linear", crop_min_scale=0.08, width=1.0, epochs=100, batch_size=256, warmup_epochs=10.0, weight_decay=1e-6,
+    defaults = dict(lr_scaling="linear", crop_min_scale=0.08, width=1.0, epochs=100, batch_size=256,
+                    warmup_epochs=10.0, weight_decay=1e-6,
                     temperature=0.5 if small else 0.1, color_jitter=0.5 if small else 1.0, blur=not small,
                     eval_epochs=100, ft_epochs=30,
                     learning_rate={"lars": 0.3, "sgd": 0.3, "adam": 1e-3, "adamw": 1e-3}[c.optimizer])

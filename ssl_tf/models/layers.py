@@ -9,8 +9,8 @@ from ssl_tf import distribute
 @keras.saving.register_keras_serializable("ssl_tf")
 class BatchNorm(keras.layers.BatchNormalization):
     """Batch normalisation; with ``sync=True`` its training statistics span every replica's batch
-    (SimCLR's global BN) through ``distribute.moments`` — keyed, exact cross-replica sums
-    whose gradients pair correctly, where Keras' ``synchronized=True`` mis-paired them."""
+    (SimCLR's global BN) through ``distribute.moments``. Keras's ``synchronized=True`` failed the
+    2-replica weight-equality test (tests/test_distribute.py); this passes it."""
 
     def __init__(self, sync: bool = False, **kwargs):
         super().__init__(**kwargs)
