@@ -16,6 +16,7 @@ setup(
         "importlib_resources>=5",   # needed by tensorflow-datasets 4.9.10 and not declared by it
         "absl-py>=1.0,<3",
         "numpy>=1.23,<3",
+        "matplotlib>=3.7,<4",       # layer-wise evaluation plots
         "pillow>=9,<14",
     ],
     extras_require={"test": ["pytest>=7,<10"]},

@@ -14,8 +14,12 @@ from typing import Optional
 
 from ssl_tf.errors import SSLTFError
 
-MODES = ("pretrain", "linear_eval", "knn", "finetune", "export")
-ALL_MODES = ("pretrain", "linear_eval", "knn", "export")   # what --mode=all runs (finetune: ask for it)
+MODES = ("pretrain", "linear_eval", "knn", "layerwise_eval", "finetune", "export")
+ALL_MODES = ("pretrain", "linear_eval", "knn", "export")   # what --mode=all runs (finetune, layerwise: ask)
+METHOD_NAMES = ("simclr", "rotation", "relative_patch_location", "jigsaw", "exemplar", "colorization",
+                "s4l_rotation", "s4l_exemplar")
+PRETEXT_METHODS = METHOD_NAMES[1:]
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2", "revnet50", "vgg19")
 EVAL_HEADS = ("linear", "mlp")
 JIT_CHOICES = ("auto", "true", "false")
 
@@ -25,9 +29,19 @@ JIT_CHOICES = ("auto", "true", "false")
 # at 0.15·√batch (measured over 200 steps of batch 256: linear probe 21.4% random -> 39.4% at
 # 0.15·√256, 34.9% at SimCLR's 0.075·√256, 37.2% at 0.3·√256, 33.3% with Adam 4e-3). Batch 128:
 # twice the steps in about the same time (full demo: +19.6 points over random vs +14.4 at 256).
-SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, optimizer="lars",
-                     learning_rate=0.15, lr_scaling="sqrt", weight_decay=1e-6, temperature=0.2,
-                     color_jitter=1.0, crop_min_scale=0.3, ft_epochs=3, eval_epochs=50)
+SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, color_jitter=1.0,
+                     crop_min_scale=0.3, ft_epochs=3, eval_epochs=50)
+SHAPES_METHOD_PRESET = {"simclr": dict(optimizer="lars", learning_rate=0.15, lr_scaling="sqrt", weight_decay=1e-6,
+                                       temperature=0.2)}
+
+# The pretext tasks' recipe in the revisiting code (config/<task>/imagenet.sh, trainer.py): SGD with
+# momentum 0.9, lr 0.1 × batch/256, weight decay 1e-4, 5 warmup epochs of 35 (their step decay at
+# epochs 15 and 25 is replaced by our cosine). Exemplar: 8 copies of 64 images per batch.
+PRETEXT_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, lr_scaling="linear", weight_decay=1e-4,
+                        warmup_epochs=5.0, epochs=35)
+METHOD_DEFAULTS = {**{m: PRETEXT_DEFAULTS for m in PRETEXT_METHODS},
+                   "exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64},
+                   "s4l_exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64}}
 
 
 def _f(default, help, choices=None):
@@ -39,7 +53,7 @@ class Config:
     # what to run
     mode: str = _f("all", "Comma-separated steps: pretrain, linear_eval, knn, finetune, export, or all "
                           "(= pretrain,linear_eval,knn,export).")
-    method: str = _f("simclr", "Self-supervised method.", choices=("simclr",))
+    method: str = _f("simclr", "Self-supervised method.", choices=METHOD_NAMES)
     # data
     dataset: str = _f("shapes", "Training data: shapes | shapes:TRAIN,EVAL | npz:PATH | folder:PATH | tfds:NAME[:SPLIT].")
     data_dir: Optional[str] = _f(None, "tensorflow-datasets data directory (a prepared copy works offline).")
@@ -50,8 +64,9 @@ class Config:
                                     "(SimCLR's 1%% = 0.01, 10%% = 0.1).")
     image_size: Optional[int] = _f(None, "Input side in pixels; default: the dataset's own (32 for shapes/CIFAR).")
     # model
-    backbone: str = _f("resnet18", "Backbone.", choices=("resnet18", "resnet34", "resnet50"))
-    width: Optional[float] = _f(None, "Channel width multiplier of the backbone (default 1; shapes demo 0.25).")
+    backbone: str = _f("resnet18", "Backbone (v2 = pre-activation; vgg19 has batch norm).", choices=BACKBONE_NAMES)
+    width: Optional[float] = _f(None, "Channel width multiplier of the backbone (default 1; shapes demo 0.25; "
+                                      "the revisiting paper's widening factors are 2, 4, 8, 12, 16).")
     proj_layers: int = _f(2, "Projection MLP layers (SimCLR v1: 2, v2: 3).")
     proj_dim: int = _f(128, "Projection output dimension (SimCLR: 128).")
     proj_hidden: Optional[int] = _f(None, "Projection hidden width (default: the backbone's feature dimension).")
@@ -62,22 +77,39 @@ class Config:
     blur: Optional[bool] = _f(None, "Gaussian blur with p=0.5 (SimCLR: on above 32 px, off at <= 32 px).")
     crop_min_scale: Optional[float] = _f(None, "Smallest area fraction of the random resized crop (SimCLR: 0.08; "
                                                 "shapes demo 0.3).")
+    # pretext tasks and S4L
+    patch_size: Optional[int] = _f(None, "Side of each grid patch of relative_patch_location and jigsaw "
+                                         "(default image_size // 2; revisiting: 64 at 224 px).")
+    patch_jitter: float = _f(21 / 85, "Random gap between grid patches, as a fraction of a cell (revisiting: 21/85).")
+    head_hidden: int = _f(4096, "Hidden units of the patch tasks' classifier (revisiting: 4096; 0 = linear).")
+    num_permutations: int = _f(1000, "Jigsaw: size of the maximal-Hamming permutation set (Noroozi & Favaro: 1000).")
+    perm_subset_size: int = _f(8, "Jigsaw: permutations used per training batch (revisiting: 8).")
+    jigsaw_plus: bool = _f(False, "Jigsaw++: replace up to 2 tiles of each image with another image's tiles.")
+    num_exemplar_copies: int = _f(8, "Exemplar: augmented copies per image (revisiting: 8).")
+    embed_dim: int = _f(1000, "Exemplar: embedding dimension (revisiting: 1000).")
+    triplet_margin: float = _f(0.5, "Exemplar: triplet semi-hard margin (revisiting: 0.5).")
+    rebalance_lambda: float = _f(0.5, "Colorization: class-rebalancing mix λ with the uniform prior (Zhang et al.: 0.5).")
+    ssl_weight: float = _f(1.0, "S4L: weight w of the self-supervised loss in L_sup + w·L_self (Zhai et al. 2019).")
     # optimisation
     batch_size: Optional[int] = _f(None, "Global batch size, split evenly over replicas (default 256).")
     epochs: Optional[int] = _f(None, "Pretraining epochs (default 100 as SimCLR's short schedule; shapes demo 5).")
     max_steps: Optional[int] = _f(None, "Stop pretraining after this many steps (the schedule still spans --epochs).")
-    optimizer: Optional[str] = _f(None, "Optimizer (default lars, as SimCLR).",
+    optimizer: Optional[str] = _f(None, "Optimizer (default lars for simclr as SimCLR; sgd for pretext tasks "
+                                        "as the revisiting code).",
                                   choices=("lars", "sgd", "adam", "adamw"))
-    learning_rate: Optional[float] = _f(None, "Base learning rate before --lr_scaling (SimCLR LARS: 0.3; Adam: 1e-3).")
+    learning_rate: Optional[float] = _f(None, "Base learning rate before --lr_scaling (SimCLR LARS: 0.3; pretext "
+                                              "SGD: 0.1 (revisiting); Adam: 1e-3).")
     lr_scaling: Optional[str] = _f(None, "linear: lr×batch/256 (default); sqrt: lr×√batch (shapes demo); none.",
                                    choices=("linear", "sqrt", "none"))
     warmup_epochs: Optional[float] = _f(None, "Linear warmup epochs before cosine decay (SimCLR: 10).")
-    weight_decay: Optional[float] = _f(None, "Weight decay, never on BN and biases (SimCLR: 1e-6).")
+    weight_decay: Optional[float] = _f(None, "Weight decay, never on BN and biases (SimCLR: 1e-6; pretext: 1e-4).")
     momentum: float = _f(0.9, "Momentum of LARS / SGD.")
     # evaluation
     eval_head: str = _f("linear", "Offline probe head.", choices=EVAL_HEADS)
     eval_epochs: Optional[int] = _f(None, "Epochs of the offline probe on frozen features (default 100).")
     eval_batch_size: int = _f(256, "Batch size of feature extraction and the offline probe.")
+    layerwise_features: int = _f(9000, "layerwise_eval: average-pool each layer's map until it has at most this "
+                                       "many features (revisiting: 9000).")
     knn_k: int = _f(200, "Neighbours of the weighted kNN (InstDisc / lightly: 200).")
     knn_temperature: float = _f(0.1, "Temperature of the kNN vote weights exp(sim/T) (InstDisc: 0.1).")
     ft_epochs: Optional[int] = _f(None, "Fine-tuning epochs (SimCLR: 60 at 1%% labels, 30 at 10%%; default 30).")
@@ -130,10 +162,13 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     c = dataclasses.replace(cfg)
     _parse_modes(c.mode)
     is_shapes = c.dataset.split(":")[0] == "shapes"
-    preset = SHAPES_PRESET if is_shapes else {}
-    for key, value in preset.items():
-        if getattr(c, key) is None:
-            setattr(c, key, value)
+    if c.method not in METHOD_NAMES:
+        raise SSLTFError(f"--method={c.method}: unknown; accepted: {', '.join(METHOD_NAMES)}")
+    presets = [SHAPES_PRESET, SHAPES_METHOD_PRESET.get(c.method, {})] if is_shapes else []
+    for preset in presets + [METHOD_DEFAULTS.get(c.method, {})]:
+        for key, value in preset.items():
+            if getattr(c, key) is None:
+                setattr(c, key, value)
     c.image_size = c.image_size or data_image_size or 224
     small = c.image_size <= 32
     c.optimizer = c.optimizer or "lars"
@@ -173,6 +208,20 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.knn_temperature > 0, "knn_temperature", c.knn_temperature, "must be > 0")
     _check(c.eval_epochs >= 1, "eval_epochs", c.eval_epochs, "must be >= 1")
     _check(c.ft_epochs >= 1, "ft_epochs", c.ft_epochs, "must be >= 1")
+    c.patch_size = c.patch_size or max(8, c.image_size // 2)
+    _check(c.patch_size >= 4, "patch_size", c.patch_size, "must be >= 4")
+    _check(0 <= c.patch_jitter < 1, "patch_jitter", c.patch_jitter, "must be in [0, 1)")
+    _check(c.head_hidden >= 0, "head_hidden", c.head_hidden, "must be >= 0")
+    _check(2 <= c.num_permutations <= 362880, "num_permutations", c.num_permutations, "must be in [2, 9!]")
+    _check(1 <= c.perm_subset_size <= c.num_permutations, "perm_subset_size", c.perm_subset_size,
+           f"must be in [1, --num_permutations={c.num_permutations}]")
+    _check(c.num_exemplar_copies >= 2, "num_exemplar_copies", c.num_exemplar_copies,
+           "must be >= 2 (the triplet loss needs positives)")
+    _check(c.embed_dim >= 1, "embed_dim", c.embed_dim, "must be >= 1")
+    _check(c.triplet_margin >= 0, "triplet_margin", c.triplet_margin, "must be >= 0")
+    _check(0 <= c.rebalance_lambda <= 1, "rebalance_lambda", c.rebalance_lambda, "must be in [0, 1]")
+    _check(c.ssl_weight >= 0, "ssl_weight", c.ssl_weight, "must be >= 0")
+    _check(c.layerwise_features >= 1, "layerwise_features", c.layerwise_features, "must be >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
     _check(c.num_cpu_devices >= 1, "num_cpu_devices", c.num_cpu_devices, "must be >= 1")
     _check(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")

@@ -25,7 +25,7 @@ from ssl_tf.data import pipeline, subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
 from ssl_tf.export import export_encoder
-from ssl_tf.methods import METHODS, Classifier
+from ssl_tf.methods import METHODS, SEMI_SUPERVISED, Classifier
 from ssl_tf.models import build_backbone
 
 
@@ -73,12 +73,15 @@ class Runner:
     # ------------------------------------------------------------------ building blocks
     def build_encoder(self):
         c = self.model_cfg
-        return build_backbone(c.backbone, width=c.width, image_size=c.image_size, synchronized_bn=c.global_bn)
+        return build_backbone(c.backbone, width=c.width, image_size=c.image_size, synchronized_bn=c.global_bn,
+                              input_mode=METHODS[c.method].encoder_input)
 
     def augment_config(self) -> views.AugmentConfig:
         c = self.cfg
         return views.AugmentConfig(image_size=c.image_size, crop_scale=(c.crop_min_scale, 1.0),
-                                   color_jitter=c.color_jitter, blur_p=0.5 if c.blur else 0.0)
+                                   color_jitter=c.color_jitter, blur_p=0.5 if c.blur else 0.0,
+                                   patch_size=c.patch_size, patch_jitter=c.patch_jitter,
+                                   num_copies=c.num_exemplar_copies)
 
     def _use_jit(self) -> bool:
         if self.cfg.jit_compile != "auto":
@@ -181,6 +184,9 @@ class Runner:
         cfg = self.cfg
         method = METHODS[cfg.method]
         train = self.data.train
+        if cfg.method in SEMI_SUPERVISED and not len(self.labelled_idx):
+            raise SSLTFError(f"--method={cfg.method} needs labelled training data; {train.name} has no labels "
+                             "(use a labelled source, e.g. npz:PATH with labels)")
         probe_labels = np.full(len(train), -1, np.int64)
         probe_labels[self.labelled_idx] = train.labels[self.labelled_idx]
         train = dataclasses.replace(train, labels=probe_labels)
@@ -275,6 +281,22 @@ class Runner:
         self._save_results()
         return out
 
+    def layerwise_eval(self):
+        """A probe on every representation layer of the frozen backbone (revisiting paper, Fig. 4)."""
+        c = self.cfg
+        train, test = self._eval_sets("layerwise_eval")
+        rows = eval_lib.layerwise(self.encoder(), train, test, self.data.num_classes, image_size=c.image_size,
+                                  max_features=c.layerwise_features, head=c.eval_head, epochs=c.eval_epochs,
+                                  batch_size=c.eval_batch_size, seed=c.seed, log=self.log)
+        plot = os.path.join(c.model_dir, "layerwise.png")
+        eval_lib.plot_layerwise(rows, plot, title=f"{c.method} · {c.backbone}×{c.width} · {c.eval_head} probe")
+        out = {"head": c.eval_head, "epochs": c.eval_epochs, "max_features": c.layerwise_features,
+               "layers": rows, "plot": plot}
+        self.log(eval_lib.layerwise_table(rows))
+        self.results["layerwise_eval"] = out
+        self._save_results()
+        return out
+
     def finetune(self):
         c = self.cfg
         train, test = self._eval_sets("finetune")
@@ -338,6 +360,10 @@ def results_table(results: dict) -> str:
         rows.append((f"kNN top-1 (k={r['k']}, T={r['temperature']})", f"{r['top1']:.2f}"))
         if "random_init_top1" in r:
             rows.append(("kNN top-1, random-init backbone", f"{r['random_init_top1']:.2f}"))
+    if "layerwise_eval" in results:
+        r = results["layerwise_eval"]
+        best = max(r["layers"], key=lambda row: row["top1"])
+        rows.append((f"layer-wise {r['head']} probe: best layer", f"{best['layer']} ({best['top1']:.2f})"))
     if "finetune" in results:
         r = results["finetune"]
         rows.append((f"fine-tune top-1 ({100 * r['label_fraction']:g}% labels)", f"{r['top1']:.2f}"))

@@ -148,3 +148,42 @@ def solarize(image, threshold: float = 0.5):
 
 def random_solarize(image, seed, p: float, threshold: float = 0.5):
     return random_apply(lambda x, _: solarize(x, threshold), image, seed, p)
+
+
+def rotate(image, angle):
+    """Rotate a [H, W, C] image by ``angle`` radians (counter-clockwise) about its centre,
+    bilinear, with reflected borders so no black corners enter the view."""
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse rotation.
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                          sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform[None], output_shape=shape[:2], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")
+    return out[0]
+
+
+def random_rotate(image, seed, max_angle: float):
+    """Rotate by an angle uniform in [-max_angle, max_angle] radians."""
+    return rotate(image, tf.random.stateless_uniform([], seed, -max_angle, max_angle))
+
+
+# The green-magenta axis of RGB space: the colour direction that chromatic aberration shifts
+# between the centre and the border of a lens (Doersch et al. 2015, section 3.1).
+_GREEN_MAGENTA = tf.constant([-1.0, 2.0, -1.0]) / tf.sqrt(6.0)
+
+
+def project_out_green_magenta(image):
+    """Remove each pixel's component along the green-magenta axis (Doersch et al.'s projection)."""
+    along = tf.reduce_sum(image * _GREEN_MAGENTA, -1, keepdims=True)
+    return tf.clip_by_value(image - along * _GREEN_MAGENTA, 0.0, 1.0)
+
+
+def chromatic_guard(image, seed, grayscale_p: float = 0.66):
+    """Against chromatic-aberration shortcuts in patch tasks: grayscale with probability
+    ``grayscale_p`` (the revisiting code's 0.66), otherwise project out the green-magenta axis."""
+    return tf.cond(coin(seed, grayscale_p), lambda: grayscale(image),
+                   lambda: project_out_green_magenta(image))

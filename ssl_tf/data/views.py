@@ -9,7 +9,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssl_tf.data import ops
+from ssl_tf.data import ops, patches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +21,12 @@ class AugmentConfig:
     grayscale_p: float = 0.2
     blur_p: float = 0.0                             # SimCLR: 0.5 on ImageNet, off at <= 32 px
     solarize_p: float = 0.0
+    # pretext tasks (Revisiting self-supervised learning)
+    patch_size: int = 16                            # side of a grid patch (revisiting: 64 at 224 px)
+    patch_jitter: float = 21 / 85                   # random gap, fraction of a cell (revisiting)
+    patch_grayscale_p: float = 0.66                 # else green-magenta projection (chromatic guard)
+    num_copies: int = 8                             # exemplar copies per image (revisiting: 8)
+    exemplar_rotation: float = 20.0                 # degrees, ± (Dosovitskiy et al.: up to 20)
 
 
 def simclr_view(image, seed, cfg: AugmentConfig):
@@ -59,9 +65,46 @@ def eval_view(image, image_size: int):
     return tf.ensure_shape(x, [image_size, image_size, 3])
 
 
+def rotations(image, seed, cfg: AugmentConfig):
+    """RotNet's collate (Gidaris et al. 2018): one light view in all four rotations, [4, S, S, 3];
+    copy r is rotated by r × 90° counter-clockwise and carries label r."""
+    x = crop_flip_view(image, seed, cfg)
+    return tf.stack([tf.image.rot90(x, k) for k in range(4)])
+
+
+def patch_grid(image, seed, cfg: AugmentConfig):
+    """The 3×3 grid of jittered patches, each with its own chromatic guard: [9, P, P, 3]."""
+    s = ops.split_seed(seed, 2 + 9)
+    x = ops.random_flip(ops.to_float(image), s[0])
+    tiles = patches.grid_patches(x, s[1], cfg.patch_size, cfg.patch_jitter)
+    guarded = [ops.chromatic_guard(tiles[i], s[2 + i], cfg.patch_grayscale_p) for i in range(9)]
+    return tf.ensure_shape(tf.stack(guarded), [9, cfg.patch_size, cfg.patch_size, 3])
+
+
+def exemplar_view(image, seed, cfg: AugmentConfig):
+    """One heavily augmented exemplar copy (Dosovitskiy et al. 2014): translation and scaling
+    (random resized crop), flip, rotation, contrast/brightness/saturation/hue, grayscale."""
+    s = ops.split_seed(seed, 5)
+    x = ops.random_resized_crop(ops.to_float(image), s[0], cfg.image_size, scale=cfg.crop_scale)
+    x = ops.random_flip(x, s[1])
+    x = ops.random_rotate(x, s[2], cfg.exemplar_rotation * 3.141592653589793 / 180.0)
+    x = ops.random_color_jitter(x, s[3], cfg.color_jitter, cfg.color_jitter_p)
+    x = ops.random_grayscale(x, s[4], cfg.grayscale_p)
+    return tf.ensure_shape(x, [cfg.image_size, cfg.image_size, 3])
+
+
+def exemplar_copies(image, seed, cfg: AugmentConfig):
+    """``num_copies`` independent exemplar views of one image: [K, S, S, 3]."""
+    s = ops.split_seed(seed, cfg.num_copies)
+    return tf.stack([exemplar_view(image, s[i], cfg) for i in range(cfg.num_copies)])
+
+
 RECIPES = {
     "two_views": two_views,
     "crop_flip": crop_flip_view,
+    "rotations": rotations,
+    "patch_grid": patch_grid,
+    "exemplar": exemplar_copies,
 }
 
 

@@ -1,3 +1,4 @@
 from ssl_tf.eval.features import extract  # noqa: F401
 from ssl_tf.eval.knn import knn_predict, knn_top1  # noqa: F401
+from ssl_tf.eval.layerwise import layerwise, layerwise_table, plot_layerwise  # noqa: F401
 from ssl_tf.eval.linear import probe  # noqa: F401

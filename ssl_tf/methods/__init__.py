@@ -1,6 +1,22 @@
 """``--method`` registry: name -> SSLMethod subclass."""
 from ssl_tf.methods.base import Objective, SSLMethod  # noqa: F401
+from ssl_tf.methods.colorization import Colorization
+from ssl_tf.methods.exemplar import Exemplar
+from ssl_tf.methods.jigsaw import Jigsaw
+from ssl_tf.methods.relative_patch_location import RelativePatchLocation
+from ssl_tf.methods.rotation import Rotation
+from ssl_tf.methods.s4l import S4LExemplar, S4LRotation
 from ssl_tf.methods.simclr import SimCLR
 from ssl_tf.methods.supervised import Classifier  # noqa: F401
 
-METHODS = {"simclr": SimCLR}
+METHODS = {
+    "simclr": SimCLR,
+    "rotation": Rotation,
+    "relative_patch_location": RelativePatchLocation,
+    "jigsaw": Jigsaw,
+    "exemplar": Exemplar,
+    "colorization": Colorization,
+    "s4l_rotation": S4LRotation,
+    "s4l_exemplar": S4LExemplar,
+}
+SEMI_SUPERVISED = ("s4l_rotation", "s4l_exemplar")

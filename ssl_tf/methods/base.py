@@ -37,7 +37,8 @@ def embedding_std(z):
 
 
 class SSLMethod(keras.Model):
-    view_recipe = "two_views"
+    view_recipe = "two_views"    # the data/views.py recipe the method trains on
+    encoder_input = "rgb"        # what the backbone sees of its RGB input: rgb | lightness
 
     def __init__(self, encoder: keras.Model, num_classes: int = 0, online_probe: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -65,6 +66,14 @@ class SSLMethod(keras.Model):
         if self.probe is not None:
             self.probe_optimizer = probe_optimizer or keras.optimizers.Adam(1e-3)
             self.probe_optimizer.build(self.probe.trainable_variables)
+
+    def step_seed(self, salt: int = 0):
+        """A [2] seed for in-model randomness that differs per step, replica and ``salt`` and is a
+        pure function of them (with the method's ``seed``): reproducible, resumable."""
+        optimizer = getattr(self, "optimizer", None)
+        step = tf.cast(optimizer.iterations, tf.int64) if optimizer is not None and optimizer.built else tf.constant(0, tf.int64)
+        replica = tf.cast(distribute.replica_id(), tf.int64)
+        return tf.stack([tf.cast(getattr(self, "seed", 0), tf.int64), (step * 1024 + replica) * 16 + salt])
 
     @property
     def method_variables(self):

@@ -1,14 +1,46 @@
-"""Backbone registry: ``--backbone`` name -> builder(width, image_size, synchronized_bn)."""
+"""Backbone registry: ``--backbone`` name -> builder(width, image_size, synchronized_bn, input_mode)."""
 from __future__ import annotations
 
 import functools
+import re
+
+import keras
 
 from ssl_tf.models import resnet as _resnet
-from ssl_tf.models.heads import eval_head, linear_head, mlp_head, projection_head  # noqa: F401
+from ssl_tf.models.heads import eval_head, linear_head, mlp_head, pretext_head, projection_head  # noqa: F401
+from ssl_tf.models.layers import INPUT_MODES  # noqa: F401
+from ssl_tf.models.revnet import revnet50
+from ssl_tf.models.vgg import vgg19
 
-BACKBONES = {f"resnet{d}": functools.partial(_resnet.resnet, d) for d in sorted(_resnet.BLOCKS)}
+BACKBONES = {
+    **{f"resnet{d}": functools.partial(_resnet.resnet, d, version=1) for d in sorted(_resnet.BLOCKS)},
+    **{f"resnet{d}v2": functools.partial(_resnet.resnet, d, version=2) for d in sorted(_resnet.BLOCKS)},
+    "revnet50": revnet50,
+    "vgg19": vgg19,
+}
+_REPRESENTATION = re.compile(r"^(stem|block\d+|pooled|fc\d+)$")
 
 
-def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synchronized_bn: bool = False):
-    """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features)."""
-    return BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name)
+def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synchronized_bn: bool = False,
+                   input_mode: str = "rgb") -> keras.Model:
+    """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features).
+    ``input_mode='lightness'``: the network sees only the L channel of its RGB input (colorization)."""
+    return BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
+                           input_mode=input_mode)
+
+
+def representation_layers(backbone: keras.Model) -> list[str]:
+    """Names of the backbone's representation layers, input to output (stem, block1 …, pooled, fc6 …)."""
+    return [layer.name for layer in backbone.layers if _REPRESENTATION.match(layer.name)]
+
+
+def intermediate_model(backbone: keras.Model, names=None) -> keras.Model:
+    """A model over the same weights returning ``{name: output}`` for the named layers (default: all
+    representation layers)."""
+    names = names or representation_layers(backbone)
+    return keras.Model(backbone.input, {n: backbone.get_layer(n).output for n in names})
+
+
+def spatial_output(backbone: keras.Model):
+    """The last spatial feature map (the input of global pooling)."""
+    return backbone.get_layer("pooled").input

@@ -26,6 +26,15 @@ def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, sy
     return keras.Sequential(stack, name=name)
 
 
+def pretext_head(num_classes: int, hidden_dim: int = 4096, dropout: float = 0.5, name: str = "pretext_head"):
+    """The patch tasks' classifier (revisiting code, after AlexNet's fc7-fc8): Dense(hidden) → BN → ReLU
+    → dropout → Dense(classes). ``hidden_dim=0``: a single linear layer."""
+    if hidden_dim <= 0:
+        return keras.Sequential([layers.Dense(num_classes)], name=name)
+    return keras.Sequential([layers.Dense(hidden_dim, use_bias=False), BatchNorm(momentum=0.997, epsilon=1e-5),
+                             layers.ReLU(), layers.Dropout(dropout), layers.Dense(num_classes)], name=name)
+
+
 def linear_head(num_classes: int, zero_init: bool = False, name: str = "linear_head") -> layers.Dense:
     return layers.Dense(num_classes, kernel_initializer="zeros" if zero_init else "glorot_uniform", name=name)
 

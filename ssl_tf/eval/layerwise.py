@@ -1,0 +1,118 @@
+"""Layer-wise evaluation (Kolesnikov et al. 2019, "Revisiting self-supervised visual
+representation learning", Fig. 4): a probe on every representation layer of a frozen backbone.
+
+Each named layer's map is average-pooled down to at most ``max_features`` values (the
+revisiting code's 9000) — adaptive pooling to an s×s grid with s = ⌊√(max_features / C)⌋,
+nothing when the map is already small enough — flattened, and probed with the offline
+linear (or MLP) probe. Layers are extracted in groups that fit a memory budget, so the
+backbone runs once per group rather than once per layer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_tf.data import pipeline
+from ssl_tf.eval.linear import probe
+from ssl_tf.models import intermediate_model, representation_layers
+
+
+def pooled_side(height: int, width: int, channels: int, max_features: int) -> tuple[int, int]:
+    """Output grid of the adaptive average pooling that brings H×W×C to <= max_features."""
+    if height * width * channels <= max_features:
+        return height, width
+    s = max(1, int(math.floor(math.sqrt(max_features / channels))))
+    return min(height, s), min(width, s)
+
+
+def pool_features(x, max_features: int):
+    """[N, H, W, C] or [N, F] -> [N, <= max_features (or C when C alone exceeds it)]."""
+    if x.shape.rank == 2:
+        return x
+    h, w = pooled_side(x.shape[1], x.shape[2], x.shape[3], max_features)
+    if (h, w) != (x.shape[1], x.shape[2]):
+        x = tf.image.resize(x, [h, w], method="area")
+    return tf.reshape(x, [tf.shape(x)[0], -1])
+
+
+def extract_layers(backbone, examples, names, image_size: int, max_features: int, batch_size: int = 256,
+                   budget_bytes: float = 1.5e9):
+    """{layer name: pooled features [N, ≤ max_features]} and labels [N], in the order of ``examples``."""
+    n = len(examples)
+    model = intermediate_model(backbone, list(names))
+    probe_shapes = model(tf.zeros([1, image_size, image_size, 3]), training=False)
+    sizes = {k: int(pool_features(v, max_features).shape[-1]) for k, v in probe_shapes.items()}
+    groups, current, used = [], [], 0
+    for name in names:
+        cost = sizes[name] * n * 4
+        if current and used + cost > budget_bytes:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += cost
+    groups.append(current)
+    out, labels = {}, None
+    for group in groups:
+        sub = intermediate_model(backbone, group)
+        forward = tf.function(lambda x: {k: pool_features(v, max_features) for k, v in sub(x, training=False).items()},
+                              reduce_retracing=True)
+        parts, ys = {k: [] for k in group}, []
+        for x, y in pipeline.eval_batches(examples, image_size, batch_size):
+            for k, v in forward(x).items():
+                parts[k].append(v.numpy())
+            ys.append(y.numpy())
+        out.update({k: np.concatenate(v).astype(np.float32) for k, v in parts.items()})
+        labels = np.concatenate(ys)
+    return out, labels
+
+
+def layerwise(backbone, train, test, num_classes: int, *, image_size: int, max_features: int = 9000,
+              head: str = "linear", epochs: int = 100, batch_size: int = 256, seed: int = 0, log=None) -> list[dict]:
+    """One row per representation layer, input to output: {layer, shape, features, top1}."""
+    names = representation_layers(backbone)
+    shapes = intermediate_model(backbone, names)(tf.zeros([1, image_size, image_size, 3]), training=False)
+    train_feats, train_y = extract_layers(backbone, train, names, image_size, max_features, batch_size)
+    test_feats, test_y = extract_layers(backbone, test, names, image_size, max_features, batch_size)
+    rows = []
+    for depth, name in enumerate(names):
+        res = probe(train_feats[name], train_y, test_feats[name], test_y, num_classes, head=head, epochs=epochs,
+                    batch_size=batch_size, seed=seed)
+        rows.append({"layer": name, "depth": depth, "shape": list(shapes[name].shape[1:]),
+                     "features": int(train_feats[name].shape[1]), "top1": round(res["top1"], 2)})
+        if log:
+            log(f"[layerwise_eval] {name}: {rows[-1]['features']} features, top-1 {rows[-1]['top1']:.2f}")
+    return rows
+
+
+def layerwise_table(rows: list[dict]) -> str:
+    lines = [f"  {'layer':<8} {'map':<14} {'features':>8} {'top-1':>7}"]
+    for r in rows:
+        lines.append(f"  {r['layer']:<8} {'×'.join(map(str, r['shape'])):<14} {r['features']:>8} {r['top1']:>7.2f}")
+    return "\n".join(lines)
+
+
+def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | None = None) -> str:
+    """PNG of top-1 against depth; ``others``: {label: rows} drawn on the same axes against
+    relative depth (0 = first representation layer, 1 = the last), each point named."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for label, series in {title or "run": rows, **(others or {})}.items():
+        xs = [r["depth"] / max(1, len(series) - 1) if others else r["depth"] for r in series]
+        ax.plot(xs, [r["top1"] for r in series], marker="o", label=label)
+        if others:
+            for x, r in zip(xs, series):
+                ax.annotate(r["layer"], (x, r["top1"]), fontsize=6, xytext=(2, 3), textcoords="offset points")
+    if not others:
+        ax.set_xticks([r["depth"] for r in rows], [r["layer"] for r in rows], rotation=30)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xlabel("relative depth (input → output)" if others else "layer (input → output)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,54 @@
+"""Jigsaw puzzles (Noroozi & Favaro 2016), with the optional Jigsaw++ (Noroozi et al. 2018).
+
+The 9 patches of the grid are encoded with shared weights; their embeddings are
+concatenated in the order of a permutation from the maximal-Hamming set
+(``--num_permutations``, default 1000) and the classifier names the permutation. As in
+the revisiting code, each training batch uses one random subset of ``--perm_subset_size``
+permutations (default 8) applied to every image; evaluation uses all of them. Jigsaw++
+replaces 0, 1 or 2 random patches of each image with patches of another image of the
+batch, keeping the label.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssl_tf.data import patches
+from ssl_tf.methods.patch_task import PatchTask
+
+MAX_FOREIGN_TILES = 2   # Jigsaw++
+
+
+class Jigsaw(PatchTask):
+    task_name = "jigsaw"
+
+    def __init__(self, encoder, num_classes=0, num_permutations=1000, perm_subset_size=8, jigsaw_plus=False,
+                 **kwargs):
+        super().__init__(encoder, num_classes, num_outputs=num_permutations, **kwargs)
+        self.permutations = tf.constant(patches.load_permutations(num_permutations), tf.int32)
+        self.perm_subset_size = min(perm_subset_size, num_permutations)
+        self.jigsaw_plus = jigsaw_plus
+
+    @classmethod
+    def from_config_obj(cls, cfg, encoder, num_classes):
+        return cls(encoder, num_classes, num_permutations=cfg.num_permutations,
+                   perm_subset_size=cfg.perm_subset_size, jigsaw_plus=cfg.jigsaw_plus,
+                   head_hidden=cfg.head_hidden, seed=cfg.seed)
+
+    def arrangements(self, training):
+        n = tf.shape(self.permutations)[0]
+        if not training:
+            return self.permutations, tf.range(n)
+        labels = tf.random.experimental.stateless_shuffle(tf.range(n), self.step_seed(1))[:self.perm_subset_size]
+        return tf.gather(self.permutations, labels), labels
+
+    def mix_embeddings(self, embeddings, training):
+        if not (self.jigsaw_plus and training):
+            return embeddings
+        b, t = tf.shape(embeddings)[0], embeddings.shape[1]
+        seeds = tf.random.experimental.stateless_split(self.step_seed(2), 2)
+        count = tf.random.stateless_uniform([b, 1], seeds[0], 0, MAX_FOREIGN_TILES + 1, tf.int32)
+        order = tf.argsort(tf.random.stateless_uniform([b, t], seeds[1]), axis=-1)
+        rank = tf.argsort(order, axis=-1)          # each position's place in a random order
+        foreign = rank < count                     # so `count` positions chosen at random
+        other = tf.roll(embeddings, shift=1, axis=0)                                 # the next image's patches
+        return tf.where(foreign[..., None], other, embeddings)

@@ -1,0 +1,46 @@
+"""Shared machinery of the patch-arrangement tasks (relative patch location, jigsaw).
+
+Both encode the 9 patches of a 3×3 grid with one shared-weight encoder, place chosen
+patch embeddings side by side in an order that encodes the label, and classify the order
+with the revisiting code's fc head. A subclass says which orders (``arrangements``) a
+batch uses and which label each carries.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssl_tf.data import patches
+from ssl_tf.losses import cross_entropy
+from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.models import pretext_head
+
+
+class PatchTask(SSLMethod):
+    view_recipe = "patch_grid"
+    task_name = "patch"
+
+    def __init__(self, encoder, num_classes=0, num_outputs=8, head_hidden=4096, head_dropout=0.5, seed=0,
+                 **kwargs):
+        super().__init__(encoder, num_classes, **kwargs)
+        self.seed = seed
+        self.task_head = pretext_head(num_outputs, head_hidden, head_dropout, name=f"{self.task_name}_head")
+
+    def arrangements(self, training):
+        """(orders [m, k] of patch indices, their labels [m])."""
+        raise NotImplementedError
+
+    def mix_embeddings(self, embeddings, training):
+        """Hook on the [b, 9, F] patch embeddings before arranging (Jigsaw++ replaces some)."""
+        return embeddings
+
+    def objective(self, batch, training):
+        tiles = batch["views"]                                   # [b, 9, P, P, 3]
+        b = tf.shape(tiles)[0]
+        h = self.encoder(tf.reshape(tiles, [-1, *tiles.shape[2:]]), training=training)
+        h = tf.reshape(h, [b, patches.GRID * patches.GRID, -1])
+        orders, labels = self.arrangements(training)
+        logits = self.task_head(patches.permute_and_concat(self.mix_embeddings(h, training), orders),
+                                training=training)
+        loss, acc = cross_entropy(tf.tile(labels, [b]), logits)
+        # The probe sees the mean patch embedding (the revisiting code's avg-pool over patches).
+        return Objective(loss, features=tf.reduce_mean(h, 1), embeddings=None, logs={f"{self.task_name}_acc": acc})

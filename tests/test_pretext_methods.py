@@ -1,0 +1,163 @@
+"""Pretext methods train (loss falls on a tiny fixed set), S4L composes its losses, backbones and
+layer-wise evaluation return what they name."""
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from ssl_tf import distribute
+from ssl_tf.data import pipeline, shapes, views
+from ssl_tf.data.sources import Examples
+from ssl_tf.eval import layerwise
+from ssl_tf.eval.layerwise import pool_features, pooled_side
+from ssl_tf.methods import METHODS, Colorization, Exemplar, Jigsaw, S4LRotation  # noqa: F401
+from ssl_tf.models import BACKBONES, build_backbone, representation_layers
+
+CFG = views.AugmentConfig(image_size=16, patch_size=8, num_copies=4, color_jitter=0.5)
+ARGS = {"jigsaw": dict(num_permutations=24, perm_subset_size=6, head_hidden=32, jigsaw_plus=True),
+        "relative_patch_location": dict(head_hidden=32), "exemplar": dict(embed_dim=16),
+        "s4l_exemplar": dict(embed_dim=16)}
+
+
+def _examples(n=32):
+    x, y = shapes.generate(n, seed=0, image_size=16)
+    return Examples("t", y, 10, images=x)
+
+
+def _batch(method_cls, n=16, seed=0, unlabelled_from=None):
+    ex = _examples(n)
+    if unlabelled_from is not None:
+        ex.labels[unlabelled_from:] = -1
+    fn = views.views_for(method_cls.view_recipe, CFG)
+    return next(iter(pipeline.train_stream(ex, fn, global_batch=n, seed=seed)))
+
+
+def _method(name, strategy=None, **extra):
+    keras.utils.set_random_seed(0)
+    cls = METHODS[name]
+    enc = build_backbone("resnet18", width=0.125, image_size=16, input_mode=cls.encoder_input)
+    return cls(enc, 10, **{**ARGS.get(name, {}), **extra})
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "simclr"])
+def test_loss_decreases_on_a_tiny_fixed_batch(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
+    model = _method(name)
+    batch = _batch(type(model))
+    model.build_with(batch, keras.optimizers.Adam(3e-3))
+    step = tf.function(model.train_step)
+    losses = [float(step(batch)["loss"]) for _ in range(25)]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_exemplar_embeddings_are_normalised_per_example():
+    model = _method("exemplar")
+    views_ = _batch(Exemplar)["views"]
+    loss, features, z = model.ssl_objective(views_, training=False)
+    assert z.shape == (16 * 4, 16) and features.shape[0] == 16
+    np.testing.assert_allclose(np.linalg.norm(z.numpy(), axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(np.linalg.norm(z.numpy(), axis=0), 1.0)      # not over the batch axis
+
+
+def test_s4l_is_supervised_plus_weighted_self_supervised_on_labelled_only():
+    model = _method("s4l_rotation", ssl_weight=0.7)
+    batch = _batch(S4LRotation, unlabelled_from=8)
+    out = model.objective(batch, training=False)
+    np.testing.assert_allclose(float(out.loss), float(out.logs["supervised_loss"]) + 0.7 * float(out.logs["ssl_loss"]),
+                               rtol=1e-6)
+    # the supervised term averages over the 8 labelled images only
+    labelled = batch["label"].numpy() >= 0
+    assert labelled.sum() == 8
+    logits = model.supervised_head(out.features).numpy()[labelled]
+    labels = batch["label"].numpy()[labelled]
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(float(out.logs["supervised_loss"]), -logp[np.arange(8), labels].mean(), rtol=1e-5)
+    batch["label"] = tf.fill(tf.shape(batch["label"]), tf.constant(-1, batch["label"].dtype))
+    none = model.objective(batch, training=False)
+    assert float(none.logs["supervised_loss"]) == 0.0
+
+
+def test_jigsaw_batch_permutation_subset_changes_per_step_and_covers_all_at_eval(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
+    model = _method("jigsaw")
+    model.build_with(_batch(Jigsaw), keras.optimizers.SGD(0.0))
+    perms, labels = model.arrangements(training=True)
+    assert perms.shape == (6, 9)
+    np.testing.assert_array_equal(perms.numpy(), model.permutations.numpy()[labels.numpy()])
+    model.optimizer.iterations.assign(1)
+    _, labels2 = model.arrangements(training=True)
+    assert set(labels.numpy()) != set(labels2.numpy())
+    _, all_labels = model.arrangements(training=False)
+    np.testing.assert_array_equal(all_labels.numpy(), np.arange(24))
+
+
+def test_colorization_encoder_sees_only_lightness_and_counts_bins_across_replicas():
+    enc = build_backbone("resnet18", width=0.125, image_size=16, input_mode="lightness")
+    rgb = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
+    gray = np.repeat(rgb.mean(-1, keepdims=True), 3, -1)
+    from ssl_tf.data import color
+    same_l = color.lab_to_rgb(tf.concat([color.rgb_to_lab(rgb)[..., :1], tf.zeros([2, 16, 16, 2])], -1)).numpy()
+    np.testing.assert_allclose(enc(rgb).numpy(), enc(same_l).numpy(), atol=2e-3)
+    assert not np.allclose(enc(rgb).numpy(), enc(gray).numpy(), atol=2e-3)
+
+    strategy = distribute.make_strategy("mirrored")
+    ex, fn = _examples(16), views.views_for("crop_flip", CFG)
+    with strategy.scope():
+        model = _method("colorization")
+        model.build_with(next(iter(pipeline.train_stream(ex, fn, global_batch=8, seed=0))), keras.optimizers.SGD(0.01))
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.train_stream(ex, fn, global_batch=8, seed=0, input_context=ctx))
+
+    @tf.function
+    def step(b):
+        return strategy.run(model.train_step, args=(b,))
+    it = iter(ds)
+    step(next(it))
+    step(next(it))
+    # 2 steps x 8 images x (16/4)^2 target pixels, counted once although two replicas add their sums
+    assert float(tf.reduce_sum(model.bin_counts)) == 2 * 8 * 16
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbones_name_their_layers_and_scale_with_width(name):
+    narrow = build_backbone(name, width=0.125, image_size=16)
+    wide = build_backbone(name, width=0.25, image_size=16)
+    names = representation_layers(narrow)
+    assert names[-1] in ("pooled", "fc7") and {"block1", "block4"} <= set(names)
+    assert wide.output_shape[-1] == 2 * narrow.output_shape[-1]
+    assert narrow(np.zeros([2, 16, 16, 3], np.float32)).shape == (2, narrow.output_shape[-1])
+
+
+def test_revnet_units_are_reversible():
+    from ssl_tf.models.revnet import reversible_unit
+    inp = keras.Input((4, 4, 8))
+    model = keras.Model(inp, reversible_unit(inp, 8, "u", False))
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype(np.float32)
+    y = model(x).numpy()
+    f = keras.Model(model.get_layer("u_split").output[1], model.get_layer("u_y1").input[1])
+    g = keras.Model(model.get_layer("u_y1").output, model.get_layer("u_y2").input[1])
+    y1, y2 = y[..., :4], y[..., 4:]
+    x2 = y2 - g(y1).numpy()
+    x1 = y1 - f(x2).numpy()
+    np.testing.assert_allclose(np.concatenate([x1, x2], -1), x, atol=1e-4)
+
+
+def test_pooling_keeps_at_most_the_feature_budget():
+    assert pooled_side(32, 32, 16, 9000) == (23, 23) and 23 * 23 * 16 <= 9000
+    assert pooled_side(4, 4, 64, 9000) == (4, 4)
+    x = tf.random.normal([3, 8, 8, 10])
+    out = pool_features(x, 90).numpy()
+    assert out.shape == (3, 90)
+    np.testing.assert_allclose(pool_features(x, 10).numpy(), tf.reduce_mean(x, [1, 2]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg19"])
+def test_layerwise_eval_returns_one_accuracy_per_named_layer(name):
+    ex = _examples(40)
+    enc = build_backbone(name, width=0.125, image_size=16)
+    rows = layerwise(enc, ex.subset(np.arange(30)), ex.subset(np.arange(30, 40)), 10, image_size=16,
+                     max_features=300, epochs=2, batch_size=16)
+    assert [r["layer"] for r in rows] == representation_layers(enc)
+    assert all(r["features"] <= 300 or r["features"] == r["shape"][-1] for r in rows)
+    assert all(0 <= r["top1"] <= 100 for r in rows)
