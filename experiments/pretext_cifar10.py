@@ -10,7 +10,7 @@ each with its own views (SimCLR 2, rotation 4, patch tasks 9 patches of 16 px, e
 --exemplar_copies, colorization 1), its paper's optimiser and a cosine schedule with 10%
 warmup; wall time per method is reported next to the accuracies. Evaluation: a stratified,
 seeded 10% of the training file (or --eval_npz). Layer-wise runs train rotation on each
-listed backbone and probe every layer, with --layerwise_label_fraction of the training labels
+listed backbone (resnet18 reuses the rotation run above) and probe every layer, with --layerwise_label_fraction of the training labels
 (9000-feature layers of 45k images would not fit in memory). Results: <out>/pretext_cifar10.json.
 """
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main():
     p.add_argument("--methods", default="rotation,relative_patch_location,jigsaw,colorization,exemplar,simclr")
     p.add_argument("--layerwise", default="", help="backbones for the layer-wise rotation runs, e.g. resnet18,vgg19")
     p.add_argument("--layerwise_label_fraction", type=float, default=0.1)
+    p.add_argument("--label_fraction", type=float, default=1.0,
+                   help="labels the probes (and s4l_rotation / s4l_exemplar) may use, e.g. 0.1")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--exemplar_copies", type=int, default=4)
@@ -57,7 +59,7 @@ def main():
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"methods": {}, "layerwise": {}}
     base = dict(dataset=f"npz:{args.npz}", eval_dataset=f"npz:{args.eval_npz}" if args.eval_npz else None,
                 width=args.width, epochs=args.epochs, warmup_epochs=0.1 * args.epochs, seed=args.seed,
-                progress=False, eval_epochs=50)
+                progress=False, eval_epochs=50, label_fraction=args.label_fraction)
     for i, method in enumerate(m for m in args.methods.split(",") if m):
         extra = dict(method=method, batch_size=args.batch_size, random_baseline=(i == 0 or method == "colorization"))
         if method == "simclr":
@@ -76,9 +78,13 @@ def main():
         json.dump(summary, open(summary_path, "w"), indent=2)
         print(f"== {method}: {json.dumps(row)}", flush=True)
     for backbone in (b for b in args.layerwise.split(",") if b):
-        extra = dict(method="rotation", backbone=backbone, batch_size=args.batch_size,
-                     label_fraction=args.layerwise_label_fraction, random_baseline=False)
-        res = run(f"layerwise_rotation_{backbone}", args.out, base, extra, modes="pretrain,layerwise_eval")
+        extra = dict(method="rotation", backbone=backbone, batch_size=args.batch_size, random_baseline=False,
+                     label_fraction=args.layerwise_label_fraction)
+        if backbone == "resnet18" and os.path.isdir(os.path.join(args.out, "rotation", "pretrain")):
+            # the rotation run above already trained this backbone: probe its layers
+            res = run("rotation", args.out, base, extra, modes="layerwise_eval")
+        else:
+            res = run(f"layerwise_rotation_{backbone}", args.out, base, extra, modes="pretrain,layerwise_eval")
         summary["layerwise"][backbone] = {"layers": res["layerwise_eval"]["layers"], "plot": res["layerwise_eval"]["plot"],
                                           "wall_minutes": res["wall_minutes"]}
         json.dump(summary, open(summary_path, "w"), indent=2)

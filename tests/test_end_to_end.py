@@ -84,3 +84,44 @@ def test_unknown_enum_value_lists_choices(cli, tmp_path):
     out = cli("--method=byol2", cwd=str(tmp_path))
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "simclr" in out.stderr and "--method" in out.stderr
+
+
+@pytest.mark.slow
+def test_colorization_layerwise_eval_and_export_through_the_cli(cli, tmp_path):
+    """A pretext method end to end: its encoder takes RGB although the network sees only L; the
+    layer-wise table, plot and the SavedModel come out."""
+    model_dir = str(tmp_path / "run")
+    out = cli("--method=colorization", "--mode=pretrain,layerwise_eval,export", f"--model_dir={model_dir}",
+              "--layerwise_features=200", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = _results(model_dir)
+    layers = [r["layer"] for r in res["layerwise_eval"]["layers"]]
+    assert layers == ["stem", "block1", "block2", "block3", "block4", "pooled"]
+    assert all(r["features"] <= 200 or r["features"] == r["shape"][-1] for r in res["layerwise_eval"]["layers"])
+    assert os.path.getsize(os.path.join(model_dir, "layerwise.png")) > 1000
+    assert "block4" in out.stdout and "top-1" in out.stdout
+    import tensorflow as tf
+    loaded = tf.saved_model.load(res["export"]["path"])
+    rgb = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
+    feats = loaded.signatures["serving_default"](tf.constant(rgb))
+    assert list(feats.values())[0].shape == (2, res["export"]["feature_dim"])
+
+
+@pytest.mark.slow
+def test_s4l_uses_the_label_fraction_and_needs_labels(cli, tmp_path):
+    out = cli("--method=s4l_rotation", "--mode=pretrain", "--label_fraction=0.5", f"--model_dir={tmp_path / 'run'}",
+              *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = _results(str(tmp_path / "run"))
+    assert 40 <= res["data"]["num_labelled"] <= 56
+    final = res["pretrain"]["final"]
+    assert final["supervised_loss"] > 0 and "rotation_acc" in final
+    from PIL import Image
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for i in range(24):
+        Image.fromarray(np.full((16, 16, 3), i * 10, np.uint8)).save(folder / f"{i}.png")
+    bad = cli("--method=s4l_rotation", "--mode=pretrain", f"--dataset=folder:{folder}", "--batch_size=8",
+              f"--model_dir={tmp_path / 'bad'}", "--progress=false")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--method=s4l_rotation needs labelled training data" in bad.stderr.strip().splitlines()[-1]

@@ -4,7 +4,8 @@ The 9 patches of the grid are encoded with shared weights; their embeddings are
 concatenated in the order of a permutation from the maximal-Hamming set
 (``--num_permutations``, default 1000) and the classifier names the permutation. As in
 the revisiting code, each training batch uses one random subset of ``--perm_subset_size``
-permutations (default 8) applied to every image; evaluation uses all of them. Jigsaw++
+permutations (default 8) applied to every image; outside training (model building) the
+first ``perm_subset_size`` of the set, so memory never scales with all 1000. Jigsaw++
 replaces 0, 1 or 2 random patches of each image with patches of another image of the
 batch, keeping the label.
 """
@@ -37,7 +38,8 @@ class Jigsaw(PatchTask):
     def arrangements(self, training):
         n = tf.shape(self.permutations)[0]
         if not training:
-            return self.permutations, tf.range(n)
+            labels = tf.range(self.perm_subset_size)
+            return tf.gather(self.permutations, labels), labels
         labels = tf.random.experimental.stateless_shuffle(tf.range(n), self.step_seed(1))[:self.perm_subset_size]
         return tf.gather(self.permutations, labels), labels
 
