@@ -16,10 +16,12 @@ from ssl_tf.errors import SSLTFError
 
 MODES = ("pretrain", "linear_eval", "knn", "layerwise_eval", "finetune", "export")
 ALL_MODES = ("pretrain", "linear_eval", "knn", "export")   # what --mode=all runs (finetune, layerwise: ask)
-METHOD_NAMES = ("simclr", "rotation", "relative_patch_location", "jigsaw", "exemplar", "colorization",
+JOINT_EMBEDDING_METHODS = ("simclr", "moco", "moco_v3", "byol", "simsiam", "dino", "npid", "barlow_twins", "vicreg")
+METHOD_NAMES = JOINT_EMBEDDING_METHODS + ("rotation", "relative_patch_location", "jigsaw", "exemplar", "colorization",
                 "s4l_rotation", "s4l_exemplar")
-PRETEXT_METHODS = METHOD_NAMES[1:]
-BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2", "revnet50", "vgg19")
+PRETEXT_METHODS = METHOD_NAMES[len(JOINT_EMBEDDING_METHODS):]
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2", "revnet50", "vgg19",
+                  "vit_tiny", "vit_small")
 EVAL_HEADS = ("linear", "mlp")
 JIT_CHOICES = ("auto", "true", "false")
 
@@ -39,7 +41,34 @@ SHAPES_METHOD_PRESET = {"simclr": dict(optimizer="lars", learning_rate=0.15, lr_
 # epochs 15 and 25 is replaced by our cosine). Exemplar: 8 copies of 64 images per batch.
 PRETEXT_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, lr_scaling="linear", weight_decay=1e-4,
                         warmup_epochs=5.0, epochs=35)
-METHOD_DEFAULTS = {**{m: PRETEXT_DEFAULTS for m in PRETEXT_METHODS},
+# The momentum, teacher-student and redundancy-reduction methods: each from its official code / paper
+# (README "Defaults and their sources"). Temperatures of MoCo v1 (0.07) and of ViT MoCo v3 (0.2) in resolve.
+JOINT_DEFAULTS = {
+    "simclr": dict(proj_dim=128, proj_layers=2),
+    # MoCo v2 (facebookresearch/moco main_moco.py + --mlp --aug-plus --cos): SGD 0.03×batch/256, wd 1e-4, T 0.2
+    "moco": dict(optimizer="sgd", learning_rate=0.03, weight_decay=1e-4, warmup_epochs=0.0, temperature=0.2,
+                 proj_dim=128, target_momentum=0.999, crop_min_scale=0.2),
+    # MoCo v3 ResNet-50 (facebookresearch/moco-v3): LARS 0.6, wd 1e-6, T 1.0, m 0.99 cosine, 4096-4096-256
+    "moco_v3": dict(optimizer="lars", learning_rate=0.6, weight_decay=1e-6, temperature=1.0, proj_hidden=4096,
+                    proj_dim=256, pred_hidden=4096, target_momentum=0.99),
+    # BYOL (Grill et al. 2020, §3.2 / appendix C): LARS 0.2, wd 1.5e-6, τ 0.996, 4096-256
+    "byol": dict(optimizer="lars", learning_rate=0.2, weight_decay=1.5e-6, proj_hidden=4096, proj_dim=256,
+                 pred_hidden=4096, target_momentum=0.996),
+    # SimSiam (Chen & He 2021, §4): SGD 0.05×batch/256, wd 1e-4, no warmup, 2048-2048-2048, predictor 512
+    "simsiam": dict(optimizer="sgd", learning_rate=0.05, weight_decay=1e-4, warmup_epochs=0.0, proj_hidden=2048,
+                    proj_dim=2048, pred_hidden=512, crop_min_scale=0.2),
+    # DINO (facebookresearch/dino main_dino.py): AdamW 5e-4×batch/256, wd 0.04, 10 warmup, m 0.996, global crops 0.4-1
+    "dino": dict(optimizer="adamw", learning_rate=5e-4, weight_decay=0.04, target_momentum=0.996,
+                 crop_min_scale=0.4),
+    # NPID (zhirongw/lemniscate.pytorch): SGD 0.03, wd 5e-4, T 0.07, 128-d, crops 0.2-1
+    "npid": dict(optimizer="sgd", learning_rate=0.03, weight_decay=5e-4, warmup_epochs=0.0, temperature=0.07,
+                 proj_dim=128, crop_min_scale=0.2),
+    # Barlow Twins (facebookresearch/barlowtwins): LARS 0.2, wd 1.5e-6, 8192-8192-8192
+    "barlow_twins": dict(optimizer="lars", learning_rate=0.2, weight_decay=1.5e-6, proj_hidden=8192, proj_dim=8192),
+    # VICReg (facebookresearch/vicreg): LARS base 0.2, wd 1e-6, 8192-8192-8192
+    "vicreg": dict(optimizer="lars", learning_rate=0.2, weight_decay=1e-6, proj_hidden=8192, proj_dim=8192),
+}
+METHOD_DEFAULTS = {**JOINT_DEFAULTS, **{m: PRETEXT_DEFAULTS for m in PRETEXT_METHODS},
                    "exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64},
                    "s4l_exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64}}
 
@@ -67,9 +96,12 @@ class Config:
     backbone: str = _f("resnet18", "Backbone (v2 = pre-activation; vgg19 has batch norm).", choices=BACKBONE_NAMES)
     width: Optional[float] = _f(None, "Channel width multiplier of the backbone (default 1; shapes demo 0.25; "
                                       "the revisiting paper's widening factors are 2, 4, 8, 12, 16).")
-    proj_layers: int = _f(2, "Projection MLP layers (SimCLR v1: 2, v2: 3).")
-    proj_dim: int = _f(128, "Projection output dimension (SimCLR: 128).")
-    proj_hidden: Optional[int] = _f(None, "Projection hidden width (default: the backbone's feature dimension).")
+    proj_layers: Optional[int] = _f(None, "SimCLR projection MLP layers (SimCLR v1: 2, v2: 3).")
+    proj_dim: Optional[int] = _f(None, "Projection / embedding output dimension (SimCLR, MoCo, NPID: 128; BYOL, "
+                                       "MoCo v3: 256; SimSiam: 2048; Barlow Twins, VICReg: 8192).")
+    proj_hidden: Optional[int] = _f(None, "Projection hidden width (SimCLR: the backbone's feature dimension; BYOL, "
+                                          "MoCo v3: 4096; SimSiam: 2048; Barlow Twins, VICReg: 8192).")
+    pred_hidden: Optional[int] = _f(None, "Predictor hidden width (BYOL, MoCo v3: 4096; SimSiam: 512).")
     global_bn: bool = _f(True, "Synchronise batch-norm statistics across replicas (SimCLR's global_bn).")
     # SimCLR
     temperature: Optional[float] = _f(None, "NT-Xent temperature (SimCLR: 0.1; 0.5 at <= 32 px as the reference CIFAR recipe).")
@@ -77,6 +109,35 @@ class Config:
     blur: Optional[bool] = _f(None, "Gaussian blur with p=0.5 (SimCLR: on above 32 px, off at <= 32 px).")
     crop_min_scale: Optional[float] = _f(None, "Smallest area fraction of the random resized crop (SimCLR: 0.08; "
                                                 "shapes demo 0.3).")
+    # momentum, teacher-student and redundancy-reduction methods
+    moco_version: int = _f(2, "MoCo: 1 (linear head, T 0.07, no blur) or 2 (MLP head, T 0.2, blur).")
+    queue_size: int = _f(65536, "MoCo: negative keys in the queue (K = 65536); a multiple of --batch_size.")
+    bn_groups: int = _f(8, "MoCo: key batch-norm groups of the shuffled global batch (shuffle BN; MoCo: 8 GPUs).")
+    target_momentum: Optional[float] = _f(None, "Momentum / EMA of the target network (MoCo 0.999 constant; BYOL, "
+                                                "DINO 0.996 and MoCo v3 0.99, rising to 1 on a cosine).")
+    ema_bn_stats: bool = _f(False, "Also move BN moving statistics of the target by EMA (default: the target keeps "
+                                   "its own, as MoCo's and BYOL's code).")
+    fix_pred_lr: bool = _f(True, "SimSiam: train the predictor at the constant base lr (official --fix-pred-lr).")
+    dino_out_dim: int = _f(65536, "DINO: output dimension K of the head (65536).")
+    student_temperature: float = _f(0.1, "DINO: student temperature (0.1).")
+    teacher_temperature: float = _f(0.07, "DINO: teacher temperature after warm-up (0.07).")
+    warmup_teacher_temperature: float = _f(0.04, "DINO: teacher temperature at step 0 (0.04).")
+    teacher_warmup_epochs: float = _f(30, "DINO: epochs of the linear teacher-temperature warm-up (30).")
+    center_momentum: float = _f(0.9, "DINO: momentum of the teacher-output centre (0.9).")
+    num_local_crops: int = _f(6, "DINO: local crops per image besides the 2 global ones (6).")
+    local_crop_size: Optional[int] = _f(None, "DINO: local crop side (96 at 224 px; default image_size × 96/224, "
+                                              "16 at 32 px).")
+    local_crop_scale: float = _f(0.4, "DINO: local crops cover 5%% to this fraction of the image (0.4); global "
+                                      "crops from this to 100%% (--crop_min_scale, 0.4).")
+    nce_k: int = _f(4096, "NPID: negatives drawn from the memory bank per example (4096).")
+    nce_m: float = _f(0.5, "NPID: memory-bank momentum (0.5).")
+    npid_loss: str = _f("nce", "NPID: nce (the paper's) or softmax over the drawn negatives.",
+                        choices=("nce", "softmax"))
+    barlow_lambda: Optional[float] = _f(None, "Barlow Twins: off-diagonal weight λ (0.0051 at 8192 dims, scaled "
+                                              "×8192/--proj_dim).")
+    vicreg_sim: float = _f(25.0, "VICReg: invariance weight λ (25).")
+    vicreg_var: float = _f(25.0, "VICReg: variance weight μ (25).")
+    vicreg_cov: float = _f(1.0, "VICReg: covariance weight ν (1).")
     # pretext tasks and S4L
     patch_size: Optional[int] = _f(None, "Side of each grid patch of relative_patch_location and jigsaw "
                                          "(default image_size // 2; revisiting: 64 at 224 px).")
@@ -164,6 +225,11 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     is_shapes = c.dataset.split(":")[0] == "shapes"
     if c.method not in METHOD_NAMES:
         raise SSLTFError(f"--method={c.method}: unknown; accepted: {', '.join(METHOD_NAMES)}")
+    if c.method == "moco" and c.moco_version == 1:
+        c.temperature = 0.07 if c.temperature is None else c.temperature    # MoCo v1
+        c.blur = False if c.blur is None else c.blur
+    if c.method == "moco_v3" and c.backbone.startswith("vit") and c.temperature is None:
+        c.temperature = 0.2                                                 # MoCo v3 ViT
     presets = [SHAPES_PRESET, SHAPES_METHOD_PRESET.get(c.method, {})] if is_shapes else []
     for preset in presets + [METHOD_DEFAULTS.get(c.method, {})]:
         for key, value in preset.items():
@@ -180,6 +246,11 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     for key, value in defaults.items():
         if getattr(c, key) is None:
             setattr(c, key, value)
+    c.proj_layers = c.proj_layers or 2
+    c.proj_dim = c.proj_dim or 128
+    c.pred_hidden = c.pred_hidden or 4096
+    c.target_momentum = 0.996 if c.target_momentum is None else c.target_momentum
+    c.local_crop_size = c.local_crop_size or (c.image_size // 2 if small else round(c.image_size * 96 / 224))
     if c.model_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = c.dataset.split(":")[0] if not c.dataset.startswith("tfds:") else c.dataset.split(":")[1]
@@ -221,6 +292,28 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.triplet_margin >= 0, "triplet_margin", c.triplet_margin, "must be >= 0")
     _check(0 <= c.rebalance_lambda <= 1, "rebalance_lambda", c.rebalance_lambda, "must be in [0, 1]")
     _check(c.ssl_weight >= 0, "ssl_weight", c.ssl_weight, "must be >= 0")
+    _check(c.moco_version in (1, 2), "moco_version", c.moco_version, "accepted: 1, 2")
+    _check(c.queue_size >= 1, "queue_size", c.queue_size, "must be >= 1")
+    if c.method == "moco":
+        _check(c.queue_size % c.batch_size == 0, "queue_size", c.queue_size,
+               f"must be a multiple of --batch_size={c.batch_size} (each step replaces one batch of keys)")
+        _check(c.batch_size % c.bn_groups == 0, "bn_groups", c.bn_groups,
+               f"must divide --batch_size={c.batch_size}")
+    _check(c.bn_groups >= 1, "bn_groups", c.bn_groups, "must be >= 1")
+    _check(0 <= c.target_momentum <= 1, "target_momentum", c.target_momentum, "must be in [0, 1]")
+    _check(c.dino_out_dim >= 2, "dino_out_dim", c.dino_out_dim, "must be >= 2")
+    for flag in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
+        _check(getattr(c, flag) > 0, flag, getattr(c, flag), "must be > 0")
+    _check(c.teacher_warmup_epochs >= 0, "teacher_warmup_epochs", c.teacher_warmup_epochs, "must be >= 0")
+    _check(0 <= c.center_momentum < 1, "center_momentum", c.center_momentum, "must be in [0, 1)")
+    _check(c.num_local_crops >= 0, "num_local_crops", c.num_local_crops, "must be >= 0")
+    _check(c.local_crop_size >= 4, "local_crop_size", c.local_crop_size, "must be >= 4")
+    _check(0.05 < c.local_crop_scale <= 1, "local_crop_scale", c.local_crop_scale, "must be in (0.05, 1]")
+    _check(c.nce_k >= 1, "nce_k", c.nce_k, "must be >= 1")
+    _check(0 <= c.nce_m < 1, "nce_m", c.nce_m, "must be in [0, 1)")
+    _check(c.barlow_lambda is None or c.barlow_lambda >= 0, "barlow_lambda", c.barlow_lambda, "must be >= 0")
+    _check(c.pred_hidden >= 1, "pred_hidden", c.pred_hidden, "must be >= 1")
+    _check(c.proj_hidden is None or c.proj_hidden >= 1, "proj_hidden", c.proj_hidden, "must be >= 1")
     _check(c.layerwise_features >= 1, "layerwise_features", c.layerwise_features, "must be >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
     _check(c.num_cpu_devices >= 1, "num_cpu_devices", c.num_cpu_devices, "must be >= 1")

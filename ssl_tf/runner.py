@@ -81,7 +81,9 @@ class Runner:
         return views.AugmentConfig(image_size=c.image_size, crop_scale=(c.crop_min_scale, 1.0),
                                    color_jitter=c.color_jitter, blur_p=0.5 if c.blur else 0.0,
                                    patch_size=c.patch_size, patch_jitter=c.patch_jitter,
-                                   num_copies=c.num_exemplar_copies)
+                                   num_copies=c.num_exemplar_copies, num_local_crops=c.num_local_crops,
+                                   local_size=c.local_crop_size, global_crop_scale=(c.crop_min_scale, 1.0),
+                                   local_crop_scale=(0.05, c.local_crop_scale))
 
     def _use_jit(self) -> bool:
         if self.cfg.jit_compile != "auto":
@@ -111,14 +113,18 @@ class Runner:
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             model = make_model()
+            model.total_steps, model.steps_per_epoch = total, per_epoch
             view_fn = views.views_for(model.view_recipe, self.augment_config())
             sample = next(iter(pipeline.train_stream(examples, view_fn, global_batch=global_batch // self.replicas,
                                                      seed=cfg.seed)))
-            model.build_with(sample, make_optimizer(total, per_epoch))
+            model.build_with(sample, make_optimizer(total, per_epoch),
+                             fixed_optimizer=make_optimizer(total, per_epoch, constant=True))
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             parts = dict(model=model, optimizer=model.optimizer, step=step)
             if model.probe_optimizer is not None:
                 parts["probe_optimizer"] = model.probe_optimizer
+            if model.fixed_optimizer is not None:
+                parts["fixed_optimizer"] = model.fixed_optimizer
             ckpt = tf.train.Checkpoint(**parts)
         directory = os.path.join(cfg.model_dir, tag)
         manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=cfg.keep_checkpoints)
@@ -139,7 +145,7 @@ class Runner:
 
         writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag))
         bar = keras.utils.Progbar(stop, stateful_metrics=None) if cfg.progress and start < stop else None
-        sums, count, logs = {}, 0, {}
+        sums, count, logs, collapse_warnings = {}, 0, {}, []
         timed_steps, timed_seconds = 0, 0.0
         iterator = iter(dataset)
         for s in range(start, stop):
@@ -168,6 +174,10 @@ class Runner:
                 with writer.as_default(step=s + 1):
                     for k, v in means.items():
                         tf.summary.scalar(f"epoch/{k}", v)
+                warning = collapse_warning(means)
+                if warning:
+                    self.log(f"[{tag}] epoch {(s + 1) / per_epoch:.2f}: {warning}")
+                    collapse_warnings.append(warning)
                 sums, count = {}, 0
             if bar is not None:
                 bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
@@ -177,6 +187,8 @@ class Runner:
                    "replicas": self.replicas, "final": logs,
                    "train_images_per_sec": round(timed_steps * global_batch / timed_seconds, 1) if timed_steps else None,
                    "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if collapse_warnings:
+            summary["collapse_warnings"] = collapse_warnings
         return model, summary
 
     # ------------------------------------------------------------------ modes
@@ -191,15 +203,15 @@ class Runner:
         probe_labels[self.labelled_idx] = train.labels[self.labelled_idx]
         train = dataclasses.replace(train, labels=probe_labels)
 
-        def make_optimizer(total, per_epoch):
+        def make_optimizer(total, per_epoch, constant=False):
             lr = optim.scale_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.lr_scaling)
-            schedule = optim.WarmupCosine(lr, round(cfg.warmup_epochs * per_epoch), total)
+            schedule = lr if constant else optim.WarmupCosine(lr, round(cfg.warmup_epochs * per_epoch), total)
             return optim.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
         model, summary = self.fit(lambda: method.from_config_obj(self.model_cfg, self.build_encoder(),
-                                                                 self.data.num_classes),
+                                                                 self.data.num_classes, num_examples=len(train)),
                                   train, epochs=cfg.epochs, global_batch=cfg.batch_size,
                                   make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps)
-        self._encoder = model.encoder
+        self._encoder = getattr(model, method.eval_encoder_attr)
         self._feature_cache.clear()
         self.results["pretrain"] = summary
         self._save_results()
@@ -220,7 +232,8 @@ class Runner:
         with self.strategy.scope():
             encoder = self.build_encoder()
         try:
-            status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).read(path)
+            attr = METHODS[self.cfg.method].eval_encoder_attr
+            status = tf.train.Checkpoint(model=tf.train.Checkpoint(**{attr: encoder})).read(path)
             status.expect_partial().assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise SSLTFError(f"--checkpoint={path}: does not hold a {self.cfg.backbone} encoder of "
@@ -308,7 +321,7 @@ class Runner:
             enc.set_weights(pretrained.get_weights())
             return Classifier(enc, self.data.num_classes)
 
-        def make_optimizer(total, per_epoch):
+        def make_optimizer(total, per_epoch, constant=False):
             lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
             return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
         model, summary = self.fit(make_model, train, epochs=c.ft_epochs, global_batch=batch,
@@ -333,6 +346,19 @@ class Runner:
             getattr(self, mode)()
         self._save_results()
         return self.results
+
+
+COLLAPSE_STD = 0.1   # embedding_std below this (1 = spread out on the sphere, 0 = one point): collapsed
+
+
+def collapse_warning(epoch_means: dict) -> str | None:
+    """The collapse monitor's verdict on an epoch's mean logs, or None when healthy."""
+    std = epoch_means.get("embedding_std")
+    if std is None or std >= COLLAPSE_STD:
+        return None
+    rank = epoch_means.get("effective_rank")
+    return (f"WARNING: embeddings are collapsing (embedding_std {std:.3f} < {COLLAPSE_STD}, effective rank "
+            f"{rank:.2f}); try a lower --learning_rate, a larger --batch_size or the paper's defaults")
 
 
 def _image_side(examples: Examples) -> int | None:

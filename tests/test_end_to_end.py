@@ -125,3 +125,36 @@ def test_s4l_uses_the_label_fraction_and_needs_labels(cli, tmp_path):
               f"--model_dir={tmp_path / 'bad'}", "--progress=false")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--method=s4l_rotation needs labelled training data" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_dino_on_vit_tiny_resumes_evaluates_the_teacher_and_exports(cli, tmp_path):
+    """DINO with multi-crop on the ViT through the CLI: interrupted and resumed (teacher, centre and
+    step restored), kNN on the teacher's backbone, SavedModel of the teacher's features."""
+    model_dir = str(tmp_path / "run")
+    args = ["--method=dino", "--backbone=vit_tiny", "--width=0.25", "--dino_out_dim=64", "--num_local_crops=2",
+            f"--model_dir={model_dir}", *[a for a in TINY if not a.startswith("--width")]]
+    first = cli("--mode=pretrain", "--max_steps=2", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = cli("--mode=pretrain,knn,export", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout + out.stderr
+    res = _results(model_dir)
+    assert res["pretrain"]["steps"] == res["pretrain"]["total_steps"] == 12
+    assert 0.04 < res["pretrain"]["final"]["teacher_temperature"] < 0.07
+    assert 0 <= res["knn"]["top1"] <= 100 and res["export"]["feature_dim"] == 48
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "pretrain"))
+    names = [n for n in reader.get_variable_to_shape_map() if "center" in n or "teacher_encoder" in n]
+    assert any("center" in n for n in names) and any("teacher_encoder" in n for n in names)
+    loaded = tf.saved_model.load(res["export"]["path"])
+    feats = loaded.signatures["serving_default"](tf.constant(np.zeros([2, 16, 16, 3], np.float32)))
+    assert list(feats.values())[0].shape == (2, 48)
+
+
+def test_moco_queue_must_be_a_multiple_of_the_batch(cli, tmp_path):
+    out = cli("--method=moco", "--queue_size=100", "--batch_size=16", "--dataset=shapes:96,40",
+              f"--model_dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == ("ssl-tf: error: --queue_size=100: must be a multiple of "
+                                                   "--batch_size=16 (each step replaces one batch of keys)")

@@ -27,6 +27,11 @@ class AugmentConfig:
     patch_grayscale_p: float = 0.66                 # else green-magenta projection (chromatic guard)
     num_copies: int = 8                             # exemplar copies per image (revisiting: 8)
     exemplar_rotation: float = 20.0                 # degrees, ± (Dosovitskiy et al.: up to 20)
+    # multi-crop (DINO, Caron et al. 2021): 2 global crops + ``num_local_crops`` small ones
+    num_local_crops: int = 6
+    local_size: int = 16                            # DINO: 96 at 224 px
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
 
 
 def simclr_view(image, seed, cfg: AugmentConfig):
@@ -46,6 +51,29 @@ def two_views(image, seed, cfg: AugmentConfig):
     """The SimCLR pair: two independent draws of ``simclr_view``."""
     s = ops.split_seed(seed, 2)
     return simclr_view(image, s[0], cfg), simclr_view(image, s[1], cfg)
+
+
+def asymmetric_two_views(image, seed, cfg: AugmentConfig):
+    """BYOL's pair (Grill et al. 2020, table 6): view 1 always blurred, view 2 blurred with p=0.1
+    and solarized with p=0.2 (blur only when the config enables it, i.e. above 32 px)."""
+    s = ops.split_seed(seed, 2)
+    blur = cfg.blur_p > 0
+    first = dataclasses.replace(cfg, blur_p=1.0 if blur else 0.0, solarize_p=0.0)
+    second = dataclasses.replace(cfg, blur_p=0.1 if blur else 0.0, solarize_p=0.2)
+    return simclr_view(image, s[0], first), simclr_view(image, s[1], second)
+
+
+def multi_crop(image, seed, cfg: AugmentConfig):
+    """DINO's multi-crop: two global views as BYOL's pair but with crops of ``global_crop_scale``,
+    stacked [2, S, S, 3], and ``num_local_crops`` views of ``local_crop_scale`` at ``local_size``
+    (blur p=0.5 when enabled), stacked [n, s, s, 3]."""
+    s = ops.split_seed(seed, 1 + cfg.num_local_crops)
+    globals_ = tf.stack(asymmetric_two_views(image, s[0], dataclasses.replace(cfg, crop_scale=cfg.global_crop_scale)))
+    local = dataclasses.replace(cfg, image_size=cfg.local_size, crop_scale=cfg.local_crop_scale,
+                                blur_p=0.5 if cfg.blur_p > 0 else 0.0, solarize_p=0.0)
+    locals_ = [simclr_view(image, s[1 + i], local) for i in range(cfg.num_local_crops)]
+    locals_ = tf.stack(locals_) if locals_ else tf.zeros([0, cfg.local_size, cfg.local_size, 3])
+    return globals_, locals_
 
 
 def crop_flip_view(image, seed, cfg: AugmentConfig):
@@ -100,7 +128,10 @@ def exemplar_copies(image, seed, cfg: AugmentConfig):
 
 
 RECIPES = {
+    "one_view": simclr_view,
     "two_views": two_views,
+    "asymmetric_two_views": asymmetric_two_views,
+    "multi_crop": multi_crop,
     "crop_flip": crop_flip_view,
     "rotations": rotations,
     "patch_grid": patch_grid,

@@ -28,9 +28,12 @@ def pooled_side(height: int, width: int, channels: int, max_features: int) -> tu
 
 
 def pool_features(x, max_features: int):
-    """[N, H, W, C] or [N, F] -> [N, <= max_features (or C when C alone exceeds it)]."""
+    """[N, H, W, C] or [N, F] -> [N, <= max_features (or C when C alone exceeds it)]; a ViT block's
+    tokens [N, T, D] -> its [CLS] token."""
     if x.shape.rank == 2:
         return x
+    if x.shape.rank == 3:
+        return x[:, 0]
     h, w = pooled_side(x.shape[1], x.shape[2], x.shape[3], max_features)
     if (h, w) != (x.shape[1], x.shape[2]):
         x = tf.image.resize(x, [h, w], method="area")

@@ -8,8 +8,16 @@ class does the rest:
   the gradient of the global mean loss) and applies it to the method's own variables;
 * trains the online linear probe on stop-gradient features with its own optimizer, on
   labelled examples only (label -1 = unlabelled);
-* reports ``embedding_std``: the mean per-dimension std of L2-normalised embeddings times
-  √d — about 1 for spread-out embeddings, 0 at complete collapse.
+* reports the collapse monitor: ``embedding_std``, the mean per-dimension std of
+  L2-normalised embeddings times √d (about 1 spread out, 0 at complete collapse), and
+  ``effective_rank`` of the embedding batch (the runner warns at epoch end on collapse);
+* calls ``after_update(aux, step)`` once the optimizer has stepped: where momentum/EMA
+  target networks, queues, memory banks and centres are updated;
+* gives ``fixed_lr_variables`` (SimSiam's predictor) to a second optimizer with a constant lr.
+
+Shared by the momentum and teacher-student methods: ``clone_network`` (a target network of
+the same architecture), ``ema_pairs``/``ema_update`` (θ_t ← m·θ_t + (1 − m)·θ_o, BN
+statistics included or not) and ``encode_views`` (multi-crop batching by resolution).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.models import linear_head
+from ssl_tf.models.layers import BatchNorm
 
 
 class Objective(typing.NamedTuple):
@@ -27,6 +36,7 @@ class Objective(typing.NamedTuple):
     features: tf.Tensor | None      # [b, F] backbone features of one view, for the probe
     embeddings: tf.Tensor | None    # [b, D] for the collapse monitor
     logs: dict                      # extra scalars to report
+    aux: dict = {}                  # tensors handed to ``after_update`` (keys to enqueue, …)
 
 
 def embedding_std(z):
@@ -36,9 +46,76 @@ def embedding_std(z):
     return tf.reduce_mean(tf.math.reduce_std(u, axis=0)) * tf.sqrt(d)
 
 
+def effective_rank(z):
+    """exp of the entropy of the normalised singular values of the L2-normalised batch ``z``
+    (Roy & Vetterli 2007; RankMe, Garrido et al. 2023): between 1 (collapsed to one direction)
+    and min(b, d)."""
+    s = tf.linalg.svd(tf.math.l2_normalize(tf.cast(z, tf.float32), -1), compute_uv=False)
+    p = s / tf.maximum(tf.reduce_sum(s), 1e-12) + 1e-12
+    return tf.exp(-tf.reduce_sum(p * tf.math.log(p)))
+
+
+def clone_network(network: keras.Model, sync_bn: bool | None = None, name: str | None = None) -> keras.Model:
+    """A network of the same architecture with a copy of ``network``'s weights (a momentum / EMA
+    target). ``sync_bn`` overrides the cross-replica BN of every ``BatchNorm`` (MoCo's keys must
+    not sync)."""
+    def clone_layer(layer):
+        config = layer.get_config()
+        if isinstance(layer, BatchNorm) and sync_bn is not None:
+            config["sync"] = sync_bn
+        return layer.__class__.from_config(config)
+    clone = keras.models.clone_model(network, clone_function=clone_layer)
+    if name:
+        clone.name = name
+    clone.set_weights(network.get_weights())
+    return clone
+
+
+def ema_pairs(target, online, include_bn_stats: bool = False):
+    """(target variable, online variable) pairs of two networks of the same architecture: the
+    trainable weights, plus BN moving statistics when ``include_bn_stats`` (else the target keeps
+    the statistics of its own forward passes, as MoCo and BYOL's code do)."""
+    if include_bn_stats:
+        t, o = target.weights, online.weights
+    else:
+        t, o = target.trainable_weights, online.trainable_weights
+    if len(t) != len(o) or any(a.shape != b.shape for a, b in zip(t, o)):
+        raise ValueError("ema_pairs: the target and online networks differ in architecture")
+    return list(zip(t, o))
+
+
+def ema_update(pairs, momentum):
+    """θ_t ← m·θ_t + (1 − m)·θ_o for every pair (MoCo eq. 2, BYOL eq. 1, DINO's teacher)."""
+    m = tf.cast(momentum, tf.float32)
+    for target, online in pairs:
+        target.assign(m * target + (1.0 - m) * online)
+
+
+def target_outputs(encoder, head, views, training):
+    """A target network's (encoder then head) outputs for each view, without gradient."""
+    return [tf.stop_gradient(head(h, training=training)) for h in encode_views(encoder, views, training)]
+
+
+def encode_views(network, views, training):
+    """Run ``network`` on a list of view batches, concatenating consecutive views of the same
+    resolution into one pass (DINO's multi-crop wrapper): [f(v) for v in views]."""
+    out, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+            end += 1
+        y = network(tf.concat(views[start:end], 0), training=training)
+        out += tf.split(y, end - start, 0)
+        start = end
+    return out
+
+
 class SSLMethod(keras.Model):
     view_recipe = "two_views"    # the data/views.py recipe the method trains on
     encoder_input = "rgb"        # what the backbone sees of its RGB input: rgb | lightness
+    eval_encoder_attr = "encoder"  # which network evaluation and export use (DINO: the teacher)
+    total_steps = 1              # set by the runner before building: momentum/temperature schedules
+    steps_per_epoch = 1
 
     def __init__(self, encoder: keras.Model, num_classes: int = 0, online_probe: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -46,51 +123,101 @@ class SSLMethod(keras.Model):
         self.num_classes = num_classes
         self.probe = linear_head(num_classes, name="online_probe") if (online_probe and num_classes > 0) else None
         self.probe_optimizer = None
+        self.fixed_optimizer = None
 
     # -- the one hook a method writes -------------------------------------------------
     def objective(self, batch, training: bool) -> Objective:
         raise NotImplementedError
 
+    def after_update(self, aux: dict, step):
+        """Runs after the optimizer step (``step``: its index before the update)."""
+        return None
+
+    @property
+    def target_pairs(self) -> list:
+        """(target, online) network pairs: momentum / EMA / teacher networks, never given to the optimizer."""
+        return []
+
+    @property
+    def targets(self) -> list:
+        return [target for target, _ in self.target_pairs]
+
+    def momentum_update(self, momentum):
+        """Every target ← m·target + (1 − m)·online (BN statistics too when ``ema_bn_stats``)."""
+        include = getattr(self, "ema_bn_stats", False)
+        ema_update([p for target, online in self.target_pairs for p in ema_pairs(target, online, include)], momentum)
+
+    @property
+    def fixed_lr_variables(self) -> list:
+        """Variables trained by ``fixed_optimizer`` at a constant learning rate."""
+        return []
+
     # -- setup ------------------------------------------------------------------------
     def call(self, images, training=False):
         return self.encoder(images, training=training)
 
-    def build_with(self, batch, optimizer, probe_optimizer=None):
+    def build_with(self, batch, optimizer, probe_optimizer=None, fixed_optimizer=None):
         """Create every variable by running the objective on ``batch`` (a subclassed model's
         ``build`` cannot), then build the optimizers on the method's and the probe's variables."""
         out = self.objective(batch, training=False)
         if self.probe is not None:
             self.probe(out.features)
         self.compile(optimizer=optimizer, jit_compile=False)
-        self.optimizer.build(self.method_variables)
+        fixed = self.fixed_lr_variables
+        if fixed:
+            if fixed_optimizer is None:
+                raise ValueError(f"{type(self).__name__} trains some variables at a fixed lr: pass fixed_optimizer")
+            self.fixed_optimizer = fixed_optimizer
+            self.fixed_optimizer.build(fixed)
+        self.optimizer.build(self._split(self.method_variables)[0])
         if self.probe is not None:
             self.probe_optimizer = probe_optimizer or keras.optimizers.Adam(1e-3)
             self.probe_optimizer.build(self.probe.trainable_variables)
 
-    def step_seed(self, salt: int = 0):
-        """A [2] seed for in-model randomness that differs per step, replica and ``salt`` and is a
-        pure function of them (with the method's ``seed``): reproducible, resumable."""
+    def current_step(self):
+        """The optimizer's step count (0 before it is built) as int64."""
         optimizer = getattr(self, "optimizer", None)
-        step = tf.cast(optimizer.iterations, tf.int64) if optimizer is not None and optimizer.built else tf.constant(0, tf.int64)
-        replica = tf.cast(distribute.replica_id(), tf.int64)
+        if optimizer is not None and optimizer.built:
+            return tf.cast(optimizer.iterations, tf.int64)
+        return tf.constant(0, tf.int64)
+
+    def step_seed(self, salt: int = 0, per_replica: bool = True):
+        """A [2] seed for in-model randomness that differs per step, replica (unless not
+        ``per_replica``) and ``salt`` and is a pure function of them (with the method's ``seed``):
+        reproducible, resumable."""
+        step = self.current_step()
+        replica = tf.cast(distribute.replica_id(), tf.int64) if per_replica else tf.constant(0, tf.int64)
         return tf.stack([tf.cast(getattr(self, "seed", 0), tf.int64), (step * 1024 + replica) * 16 + salt])
 
     @property
     def method_variables(self):
+        """The variables the method's loss trains: not the probe's, not the target networks'."""
         skip = {id(v) for v in self.probe.trainable_variables} if self.probe is not None else set()
+        for target in self.targets:
+            skip |= {id(v) for v in target.weights}
         return [v for v in self.trainable_variables if id(v) not in skip]
+
+    def _split(self, variables):
+        fixed = {id(v) for v in self.fixed_lr_variables}
+        return [v for v in variables if id(v) not in fixed], [v for v in variables if id(v) in fixed]
 
     # -- the step ---------------------------------------------------------------------
     def train_step(self, batch):
         variables = self.method_variables
+        step = tf.identity(self.optimizer.iterations)
         with tf.GradientTape() as tape:
             out = self.objective(batch, training=True)
             scaled = out.loss / distribute.num_replicas()
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        grads = dict(zip((id(v) for v in variables), tape.gradient(scaled, variables)))
+        main, fixed = self._split(variables)
+        self.optimizer.apply_gradients([(grads[id(v)], v) for v in main])
+        if fixed:
+            self.fixed_optimizer.apply_gradients([(grads[id(v)], v) for v in fixed])
+        self.after_update(out.aux, step)
         logs = {"loss": out.loss, **out.logs}
         if out.embeddings is not None:
             logs["embedding_std"] = embedding_std(out.embeddings)
+            logs["effective_rank"] = effective_rank(out.embeddings)
         if self.probe is not None:
             logs.update(self.probe_step(out.features, batch["label"]))
         return logs

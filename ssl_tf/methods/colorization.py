@@ -43,7 +43,7 @@ class Colorization(SSLMethod):
                                           name="bin_counts", aggregation="only_first_replica")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, rebalance_lambda=cfg.rebalance_lambda)
 
     def objective(self, batch, training):

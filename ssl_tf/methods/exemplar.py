@@ -28,7 +28,7 @@ class Exemplar(SSLMethod):
         self.margin = margin
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, embed_dim=cfg.embed_dim, margin=cfg.triplet_margin)
 
     def ssl_objective(self, views, training):

@@ -30,7 +30,7 @@ class Jigsaw(PatchTask):
         self.jigsaw_plus = jigsaw_plus
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, num_permutations=cfg.num_permutations,
                    perm_subset_size=cfg.perm_subset_size, jigsaw_plus=cfg.jigsaw_plus,
                    head_hidden=cfg.head_hidden, seed=cfg.seed)

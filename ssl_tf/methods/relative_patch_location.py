@@ -22,7 +22,7 @@ class RelativePatchLocation(PatchTask):
         super().__init__(encoder, num_classes, num_outputs=len(PAIRS), **kwargs)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, head_hidden=cfg.head_hidden, seed=cfg.seed)
 
     def arrangements(self, training):

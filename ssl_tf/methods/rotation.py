@@ -23,7 +23,7 @@ class Rotation(SSLMethod):
         self.rotation_head = linear_head(NUM_ROTATIONS, name="rotation_head")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes)
 
     def ssl_objective(self, views, training):

@@ -43,7 +43,7 @@ class S4LRotation(S4LMixin, Rotation):
         self.init_s4l(num_classes, ssl_weight)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, ssl_weight=cfg.ssl_weight)
 
     def objective(self, batch, training):
@@ -57,7 +57,7 @@ class S4LExemplar(S4LMixin, Exemplar):
         self.init_s4l(num_classes, ssl_weight)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, ssl_weight=cfg.ssl_weight, embed_dim=cfg.embed_dim,
                    margin=cfg.triplet_margin)
 

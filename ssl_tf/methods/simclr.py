@@ -20,7 +20,7 @@ class SimCLR(SSLMethod):
                                          synchronized_bn)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes):
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
         return cls(encoder, num_classes, temperature=cfg.temperature, proj_dim=cfg.proj_dim,
                    proj_hidden=cfg.proj_hidden, proj_layers=cfg.proj_layers, synchronized_bn=cfg.global_bn)
 

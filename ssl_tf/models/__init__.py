@@ -7,16 +7,20 @@ import re
 import keras
 
 from ssl_tf.models import resnet as _resnet
-from ssl_tf.models.heads import eval_head, linear_head, mlp_head, pretext_head, projection_head  # noqa: F401
+from ssl_tf.models.heads import (dino_head, eval_head, linear_head, mlp, mlp_head, pretext_head,  # noqa: F401
+                                 projection_head)
 from ssl_tf.models.layers import INPUT_MODES  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
+from ssl_tf.models.vit import vit_small, vit_tiny
 
 BACKBONES = {
     **{f"resnet{d}": functools.partial(_resnet.resnet, d, version=1) for d in sorted(_resnet.BLOCKS)},
     **{f"resnet{d}v2": functools.partial(_resnet.resnet, d, version=2) for d in sorted(_resnet.BLOCKS)},
     "revnet50": revnet50,
     "vgg19": vgg19,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
 }
 _REPRESENTATION = re.compile(r"^(stem|block\d+|pooled|fc\d+)$")
 

@@ -47,3 +47,58 @@ def mlp_head(num_classes: int, hidden_dim: int = 512, name: str = "mlp_head") ->
 
 def eval_head(kind: str, num_classes: int) -> keras.layers.Layer:
     return mlp_head(num_classes) if kind == "mlp" else linear_head(num_classes)
+
+
+def mlp(dims, batch_norm: bool = True, last_bn: bool = False, activation: str = "relu",
+        synchronized_bn: bool = False, name: str = "mlp", input_dim: int | None = None) -> keras.Sequential:
+    """Dense layers of widths ``dims``; BN (when ``batch_norm``) and ``activation`` after every one
+    but the last; ``last_bn`` adds a BN without learned scale/offset to the last (SimSiam's and
+    MoCo v3's projector). The paper sizes are the callers' defaults, e.g. BYOL (4096, 256)."""
+    stack = []
+    for i, width in enumerate(dims):
+        last = i == len(dims) - 1
+        norm = batch_norm and (not last or last_bn)
+        stack.append(layers.Dense(width, use_bias=not norm, name=f"dense{i}"))
+        if norm:
+            stack.append(BatchNorm(sync=synchronized_bn, momentum=0.9, epsilon=1e-5, center=not last,
+                                   scale=not last, name=f"bn{i}"))
+        if not last:
+            stack.append(layers.Activation(activation, name=f"act{i}"))
+    net = keras.Sequential(stack, name=name)
+    if input_dim:
+        net.build((None, input_dim))
+    return net
+
+
+@keras.saving.register_keras_serializable("ssl_tf")
+class WeightNormDense(layers.Layer):
+    """Dense without bias whose kernel columns are v / ||v|| (weight normalisation, Salimans &
+    Kingma 2016) with the gain fixed to 1 — DINO's last layer with ``norm_last_layer=True``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.v = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="v")
+
+    def call(self, x):
+        import tensorflow as tf
+        return tf.matmul(x, tf.math.l2_normalize(self.v, axis=0))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable("ssl_tf")
+class L2Normalize(layers.Layer):
+    def call(self, x):
+        import tensorflow as tf
+        return tf.math.l2_normalize(x, -1)
+
+
+def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, name: str = "dino_head"):
+    """DINO's head (Caron et al. 2021): 3-layer MLP (2048, 2048, 256) with GELU, L2
+    normalisation, then a weight-normalised linear layer to ``out_dim`` (65536)."""
+    return keras.Sequential([mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu"),
+                             L2Normalize(), WeightNormDense(out_dim, name="last_layer")], name=name)

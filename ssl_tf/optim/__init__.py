@@ -5,7 +5,8 @@ import keras
 
 from ssl_tf.errors import SSLTFError
 from ssl_tf.optim.lars import LARS
-from ssl_tf.optim.schedules import LR_SCALINGS, WarmupCosine, scale_learning_rate  # noqa: F401
+from ssl_tf.optim.schedules import (LR_SCALINGS, WarmupCosine, cosine_momentum,  # noqa: F401
+                                     linear_warmup_value, scale_learning_rate)
 
 OPTIMIZERS = ("lars", "sgd", "adam", "adamw")
 NO_DECAY = ["bias", "gamma", "beta"]   # Keras variable names of biases and BN parameters

@@ -42,3 +42,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def cosine_momentum(base: float, step, total_steps: int, final: float = 1.0):
+    """BYOL's target-decay schedule (Grill et al. 2020, §3.2), also DINO's and MoCo v3's:
+    τ_k = final − (final − base)·(cos(πk/K) + 1)/2, rising from ``base`` at k = 0 to ``final`` at K."""
+    progress = ops.clip(ops.cast(step, "float32") / float(max(int(total_steps), 1)), 0.0, 1.0)
+    return final - (final - base) * (ops.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def linear_warmup_value(start: float, end: float, step, warmup_steps: int):
+    """``start`` → ``end`` linearly over ``warmup_steps``, then ``end`` (DINO's teacher temperature)."""
+    progress = ops.clip(ops.cast(step, "float32") / float(max(int(warmup_steps), 1)), 0.0, 1.0)
+    return start + (end - start) * progress

@@ -1,0 +1,37 @@
+"""SimSiam (Chen & He 2021): one shared encoder, a projector (3 layers of 2048, BN on every one),
+a predictor (2048 → 512 → 2048), and the symmetric negative cosine with a stop-gradient on the
+projection. ``fix_pred_lr`` trains the predictor at the constant base lr (the paper's §4.2 /
+the official ``--fix-pred-lr``) with its own optimizer."""
+from __future__ import annotations
+
+from ssl_tf.losses import simsiam_loss
+from ssl_tf.methods.base import Objective, SSLMethod, encode_views
+from ssl_tf.models import mlp
+
+
+class SimSiam(SSLMethod):
+    view_recipe = "two_views"
+
+    def __init__(self, encoder, num_classes=0, proj_hidden=2048, dim=2048, pred_hidden=512, fix_pred_lr=True,
+                 synchronized_bn=False, **kwargs):
+        super().__init__(encoder, num_classes, **kwargs)
+        self.fix_pred_lr = fix_pred_lr
+        self.projector = mlp((proj_hidden, proj_hidden, dim), last_bn=True, synchronized_bn=synchronized_bn,
+                             name="projector")
+        self.predictor = mlp((pred_hidden, dim), synchronized_bn=synchronized_bn, name="predictor")
+
+    @classmethod
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
+        return cls(encoder, num_classes, proj_hidden=cfg.proj_hidden, dim=cfg.proj_dim, pred_hidden=cfg.pred_hidden,
+                   fix_pred_lr=cfg.fix_pred_lr, synchronized_bn=cfg.global_bn)
+
+    @property
+    def fixed_lr_variables(self):
+        return list(self.predictor.trainable_variables) if self.fix_pred_lr else []
+
+    def objective(self, batch, training):
+        x1, x2 = batch["views"]
+        h1, h2 = encode_views(self.encoder, [x1, x2], training)
+        z1, z2 = encode_views(self.projector, [h1, h2], training)
+        p1, p2 = encode_views(self.predictor, [z1, z2], training)
+        return Objective(simsiam_loss(p1, p2, z1, z2), features=h1, embeddings=z1, logs={})

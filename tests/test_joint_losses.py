@@ -1,0 +1,129 @@
+"""The momentum / teacher-student / redundancy-reduction losses equal NumPy re-derivations of
+their papers' formulas on random inputs."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssl_tf import losses
+
+RNG = np.random.default_rng(0)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _f32(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def test_info_nce_matches_numpy():
+    q, k, queue = _f32(6, 5), _f32(6, 5), _f32(12, 5)
+    t = 0.2
+    qn, kn, nn_ = _unit(q), _unit(k), _unit(queue)
+    logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ nn_.T], 1) / t
+    expected = -_log_softmax(logits)[:, 0].mean()
+    out = losses.info_nce(q, k, queue, t)
+    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(out.accuracy), np.mean(logits.argmax(1) == 0))
+
+
+def test_batch_contrastive_matches_numpy_with_offset():
+    q, k_all, t = _f32(3, 4), _f32(6, 4), 0.5
+    logits = _unit(q) @ _unit(k_all).T / t
+    labels = np.arange(3) + 3
+    expected = -_log_softmax(logits)[np.arange(3), labels].mean() * 2 * t
+    np.testing.assert_allclose(float(losses.batch_contrastive(q, k_all, t, offset=3).loss), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["nce", "softmax"])
+def test_memory_bank_nce_matches_numpy(kind):
+    b, k, d, n, t = 4, 7, 5, 100, 0.07
+    f, pos, neg = _unit(_f32(b, d)), _unit(_f32(b, d)), _unit(_f32(b, k, d))
+    logits = np.concatenate([(f * pos).sum(1, keepdims=True), np.einsum("bd,bkd->bk", f, neg)], 1) / t
+    tf_logits = losses.memory_bank_logits(f, pos, neg, t)
+    np.testing.assert_allclose(tf_logits.numpy(), logits, rtol=1e-5)
+    z = np.exp(logits).mean() * n
+    np.testing.assert_allclose(float(losses.nce_normaliser(tf_logits, n)), z, rtol=1e-5)
+    if kind == "nce":
+        p = np.exp(logits) / z
+        pn = k / n
+        expected = -np.mean(np.log(p[:, 0] / (p[:, 0] + pn)) + np.log(pn / (p[:, 1:] + pn)).sum(1))
+    else:
+        expected = -_log_softmax(logits)[:, 0].mean()
+    np.testing.assert_allclose(float(losses.memory_bank_nce(tf_logits, n, z, kind)), expected, rtol=1e-5)
+
+
+def test_byol_and_simsiam_losses_match_numpy():
+    p1, p2, z1, z2 = (_f32(8, 6) for _ in range(4))
+    cos = lambda a, b: (_unit(a) * _unit(b)).sum(1)  # noqa: E731
+    byol = np.mean(2 - 2 * cos(p1, z2)) + np.mean(2 - 2 * cos(p2, z1))
+    np.testing.assert_allclose(float(losses.byol_loss(p1, p2, z1, z2)), byol, rtol=1e-5)
+    np.testing.assert_allclose(float(losses.normalized_mse(p1, z2)),
+                               np.mean(np.sum((_unit(p1) - _unit(z2)) ** 2, 1)), rtol=1e-5)
+    simsiam = -0.5 * np.mean(cos(p1, z2)) - 0.5 * np.mean(cos(p2, z1))
+    np.testing.assert_allclose(float(losses.simsiam_loss(p1, p2, z1, z2)), simsiam, rtol=1e-5)
+
+
+def test_stop_gradient_on_targets():
+    p, z = tf.Variable(_f32(4, 3)), tf.Variable(_f32(4, 3))
+    with tf.GradientTape(persistent=True) as tape:
+        a = losses.normalized_mse(p, z)
+        b = losses.negative_cosine(p, z)
+    assert tape.gradient(a, z) is None and tape.gradient(b, z) is None
+    assert np.abs(tape.gradient(a, p).numpy()).sum() > 0
+
+
+def test_dino_loss_and_center_match_numpy():
+    b, k, ts, tt, m = 5, 9, 0.1, 0.04, 0.9
+    student = [_f32(b, k) for _ in range(4)]          # 2 global + 2 local
+    teacher = [_f32(b, k) for _ in range(2)]
+    center = _f32(k)
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher):
+        pt = np.exp(_log_softmax((t - center) / tt))
+        for v, s in enumerate(student):
+            if v != i:
+                total += np.mean(-(pt * _log_softmax(s / ts)).sum(1))
+                pairs += 1
+    np.testing.assert_allclose(float(losses.dino_loss(student, teacher, center, ts, tt)), total / pairs, rtol=1e-5)
+    mean = np.concatenate(teacher).mean(0)
+    np.testing.assert_allclose(np.asarray(losses.updated_center(center, mean, m)), m * center + (1 - m) * mean,
+                               rtol=1e-6)
+
+
+def test_barlow_twins_matches_numpy():
+    z1, z2, lam = _f32(16, 6) * 3 + 1, _f32(16, 6), 5e-3
+    s1 = (z1 - z1.mean(0)) / np.sqrt(z1.var(0) + 1e-5)
+    s2 = (z2 - z2.mean(0)) / np.sqrt(z2.var(0) + 1e-5)
+    c = s1.T @ s2 / 16
+    off = c - np.diag(np.diag(c))
+    expected = np.sum((1 - np.diag(c)) ** 2) + lam * np.sum(off ** 2)
+    loss, c_tf = losses.barlow_twins_loss(z1, z2, lam)
+    np.testing.assert_allclose(c_tf.numpy(), c, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert losses.barlow_lambda(8192) == pytest.approx(0.0051)
+    assert losses.barlow_lambda(2048) == pytest.approx(0.0051 * 4)
+
+
+def test_vicreg_matches_numpy():
+    n, d = 12, 5
+    z1, z2 = _f32(n, d) * 0.5, _f32(n, d) * 2
+    inv = np.mean((z1 - z2) ** 2)
+
+    def var_cov(z):
+        cov = np.cov(z, rowvar=False)          # unbiased
+        std = np.sqrt(np.diag(cov) + 1e-4)
+        off = cov - np.diag(np.diag(cov))
+        return np.mean(np.maximum(0, 1 - std)), np.sum(off ** 2) / d
+    v1, c1 = var_cov(z1)
+    v2, c2 = var_cov(z2)
+    expected = 25 * inv + 25 * (v1 + v2) / 2 + 1 * (c1 + c2)
+    loss, (s, v, c) = losses.vicreg_loss(z1, z2)
+    np.testing.assert_allclose([float(s), float(v), float(c)], [inv, (v1 + v2) / 2, c1 + c2], rtol=1e-5)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
