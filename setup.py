@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+PLOTS = ["matplotlib>=3.7,<4", "scikit-learn>=1.3,<2"]   # curves, embedding maps (t-SNE); optional
+
 setup(
     name="ssl_tf",
     version="0.1.0",
@@ -16,9 +18,11 @@ setup(
         "importlib_resources>=5",   # needed by tensorflow-datasets 4.9.10 and not declared by it
         "absl-py>=1.0,<3",
         "numpy>=1.23,<3",
-        "matplotlib>=3.7,<4",       # layer-wise evaluation plots
         "pillow>=9,<14",
     ],
-    extras_require={"test": ["pytest>=7,<10"]},
+    extras_require={
+        "plots": PLOTS,
+        "test": ["pytest>=7,<10"] + PLOTS,   # the tests also check the plots
+    },
     entry_points={"console_scripts": ["ssl-tf=ssl_tf.cli:run"]},
 )

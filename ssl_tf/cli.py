@@ -48,9 +48,19 @@ def config_from_flags(flag_values=FLAGS) -> Config:
 
 
 def main(argv):
+    if len(argv) > 1 and argv[1] == "report":
+        from ssl_tf.eval.report import report
+        if len(argv) < 3:
+            raise SSLTFError("report: pass one or more run directories: ssl-tf report RUN_DIR [RUN_DIR ...]")
+        print(report(argv[2:]))
+        return
     if len(argv) > 1:
         raise SSLTFError(f"unexpected arguments {argv[1:]}; every option is a --flag (see ssl-tf --help)")
     cfg = config_from_flags()
+    if cfg.mode.strip() == "report":
+        from ssl_tf.eval.report import report
+        print(report([p for p in (cfg.report_runs or "").split(",") if p] or [cfg.model_dir or "runs"]))
+        return
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     import tensorflow as tf

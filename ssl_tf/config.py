@@ -14,12 +14,13 @@ from typing import Optional
 
 from ssl_tf.errors import SSLTFError
 
-MODES = ("pretrain", "linear_eval", "knn", "layerwise_eval", "finetune", "export")
+MODES = ("pretrain", "linear_eval", "knn", "layerwise_eval", "finetune", "distill", "export", "report")
 ALL_MODES = ("pretrain", "linear_eval", "knn", "export")   # what --mode=all runs (finetune, layerwise: ask)
 JOINT_EMBEDDING_METHODS = ("simclr", "moco", "moco_v3", "byol", "simsiam", "dino", "npid", "barlow_twins", "vicreg")
-METHOD_NAMES = JOINT_EMBEDDING_METHODS + ("rotation", "relative_patch_location", "jigsaw", "exemplar", "colorization",
-                "s4l_rotation", "s4l_exemplar")
-PRETEXT_METHODS = METHOD_NAMES[len(JOINT_EMBEDDING_METHODS):]
+PRETEXT_METHODS = ("rotation", "relative_patch_location", "jigsaw", "exemplar", "colorization", "s4l_rotation",
+                   "s4l_exemplar")
+SEMI_METHODS = ("fixmatch", "mixmatch")
+METHOD_NAMES = JOINT_EMBEDDING_METHODS + PRETEXT_METHODS + SEMI_METHODS
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2", "revnet50", "vgg19",
                   "vit_tiny", "vit_small")
 EVAL_HEADS = ("linear", "mlp")
@@ -68,7 +69,16 @@ JOINT_DEFAULTS = {
     # VICReg (facebookresearch/vicreg): LARS base 0.2, wd 1e-6, 8192-8192-8192
     "vicreg": dict(optimizer="lars", learning_rate=0.2, weight_decay=1e-6, proj_hidden=8192, proj_dim=8192),
 }
-METHOD_DEFAULTS = {**JOINT_DEFAULTS, **{m: PRETEXT_DEFAULTS for m in PRETEXT_METHODS},
+# FixMatch (Sohn et al. 2020, §4 and appendix B.1, CIFAR-10): SGD Nesterov 0.03, wd 5e-4, B 64, μ 7, τ 0.95,
+# λ_u 1, EMA 0.999, no warmup. MixMatch (Berthelot et al. 2019, §4 / official code): Adam 0.002, wd 0.02·lr
+# (decoupled: our adamw with 4e-5 ≈ 0.02 × 0.002), B 64, λ_u 75 on CIFAR-10, T 0.5, K 2, α 0.75, EMA 0.999.
+SEMI_DEFAULTS = {
+    "fixmatch": dict(optimizer="sgd", learning_rate=0.03, lr_scaling="none", weight_decay=5e-4, warmup_epochs=0.0,
+                     batch_size=64, mu=7, unlabelled_weight=1.0),
+    "mixmatch": dict(optimizer="adamw", learning_rate=0.002, lr_scaling="none", weight_decay=4e-5,
+                     warmup_epochs=0.0, batch_size=64, mu=1, unlabelled_weight=75.0),
+}
+METHOD_DEFAULTS = {**JOINT_DEFAULTS, **SEMI_DEFAULTS, **{m: PRETEXT_DEFAULTS for m in PRETEXT_METHODS},
                    "exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64},
                    "s4l_exemplar": {**PRETEXT_DEFAULTS, "batch_size": 64}}
 
@@ -80,8 +90,8 @@ def _f(default, help, choices=None):
 @dataclasses.dataclass
 class Config:
     # what to run
-    mode: str = _f("all", "Comma-separated steps: pretrain, linear_eval, knn, finetune, export, or all "
-                          "(= pretrain,linear_eval,knn,export).")
+    mode: str = _f("all", "Comma-separated steps: pretrain, linear_eval, knn, layerwise_eval, finetune, distill, "
+                          "export, report, or all (= pretrain,linear_eval,knn,export).")
     method: str = _f("simclr", "Self-supervised method.", choices=METHOD_NAMES)
     # data
     dataset: str = _f("shapes", "Training data: shapes | shapes:TRAIN,EVAL | npz:PATH | folder:PATH | tfds:NAME[:SPLIT].")
@@ -151,6 +161,19 @@ class Config:
     triplet_margin: float = _f(0.5, "Exemplar: triplet semi-hard margin (revisiting: 0.5).")
     rebalance_lambda: float = _f(0.5, "Colorization: class-rebalancing mix λ with the uniform prior (Zhang et al.: 0.5).")
     ssl_weight: float = _f(1.0, "S4L: weight w of the self-supervised loss in L_sup + w·L_self (Zhai et al. 2019).")
+    # semi-supervised methods (FixMatch, MixMatch)
+    mu: Optional[int] = _f(None, "Unlabelled images per labelled one in a batch (FixMatch μ = 7; MixMatch 1).")
+    threshold: float = _f(0.95, "FixMatch: confidence threshold τ of the pseudo-labels (0.95).")
+    unlabelled_weight: Optional[float] = _f(None, "Weight λ_u of the unlabelled loss (FixMatch 1; MixMatch 75 on "
+                                                  "CIFAR-10, ramped up linearly).")
+    unlabelled_rampup: float = _f(1 / 64, "MixMatch: fraction of training over which λ_u ramps up linearly "
+                                          "(16,384 of 2^20 steps = 1/64).")
+    sharpen_temperature: float = _f(0.5, "MixMatch: sharpening temperature T (0.5).")
+    mixup_alpha: float = _f(0.75, "MixMatch: MixUp Beta(α, α) parameter (0.75).")
+    num_guesses: int = _f(2, "MixMatch: weak augmentations K averaged for the label guess (2).")
+    ema_decay: float = _f(0.999, "FixMatch/MixMatch: decay of the weight EMA used for evaluation (0.999).")
+    init_from: Optional[str] = _f(None, "Start the encoder from a pretraining run directory or checkpoint "
+                                        "(FixMatch/MixMatch, pretraining on top of an SSL encoder).")
     # optimisation
     batch_size: Optional[int] = _f(None, "Global batch size, split evenly over replicas (default 256).")
     epochs: Optional[int] = _f(None, "Pretraining epochs (default 100 as SimCLR's short schedule; shapes demo 5).")
@@ -175,6 +198,28 @@ class Config:
     knn_temperature: float = _f(0.1, "Temperature of the kNN vote weights exp(sim/T) (InstDisc: 0.1).")
     ft_epochs: Optional[int] = _f(None, "Fine-tuning epochs (SimCLR: 60 at 1%% labels, 30 at 10%%; default 30).")
     ft_learning_rate: float = _f(0.05, "Fine-tuning base lr, ×batch/256, SGD momentum 0.9, no decay (SimCLR B.5).")
+    ft_proj_selector: int = _f(0, "Fine-tune from this layer of the pretrained projection head: 0 = the backbone "
+                                  "output, k = after the first k projection layers (SimCLRv2 uses 1 of 3).")
+    fine_tune_after_block: int = _f(-1, "Freeze the backbone up to and including this block during fine-tuning: "
+                                        "-1 = train all, 0 = the stem, k = block k (SimCLR's flag).")
+    ft_zero_init: bool = _f(False, "Zero-initialise the fine-tuning classifier (SimCLR's zero_init_logits_layer).")
+    teacher: Optional[str] = _f(None, "distill: the teacher, a classifier SavedModel returning logits (default: "
+                                      "<model_dir>/classifier, written by --mode=finetune).")
+    student_backbone: Optional[str] = _f(None, "distill: the student backbone (default: --backbone).",
+                                         choices=BACKBONE_NAMES)
+    student_width: Optional[float] = _f(None, "distill: the student width (default: --width).")
+    distill_temperature: float = _f(1.0, "distill: temperature τ of teacher and student softmax (SimCLRv2: 1).")
+    distill_alpha: float = _f(0.0, "distill: weight of the labelled cross-entropy mixed into the distillation "
+                                   "loss, (1−α)·L_distill + α·L_label (SimCLRv2: 0 without labels).")
+    distill_epochs: Optional[int] = _f(None, "distill: epochs over the training images (default --ft_epochs).")
+    probe_augment: bool = _f(False, "Train the offline probe on crop+flip views through the frozen encoder "
+                                    "(slower) instead of on cached features.")
+    probe_lr: float = _f(0.1, "Offline probe: SGD Nesterov momentum 0.9 base lr ×batch/256, cosine, no weight "
+                              "decay (SimCLR appendix B.6).")
+    report_runs: Optional[str] = _f(None, "report: comma-separated run directories to compare (default: this "
+                                          "--model_dir and its subdirectories holding results.json).")
+    plots: bool = _f(True, "Write PNG plots (training curves, 2-D embedding map, retrieval grid); needs the "
+                           "'plots' extra: pip install 'ssl_tf[plots]'.")
     random_baseline: bool = _f(True, "Also probe a randomly initialised backbone for contrast.")
     # running
     strategy: str = _f("auto", "Distribution strategy.", choices=("auto", "one_device", "mirrored", "multi_worker", "tpu"))
@@ -247,6 +292,11 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
         if getattr(c, key) is None:
             setattr(c, key, value)
     c.proj_layers = c.proj_layers or 2
+    c.mu = c.mu or 7
+    c.unlabelled_weight = 1.0 if c.unlabelled_weight is None else c.unlabelled_weight
+    c.student_backbone = c.student_backbone or c.backbone
+    c.student_width = c.student_width or c.width
+    c.distill_epochs = c.distill_epochs or c.ft_epochs
     c.proj_dim = c.proj_dim or 128
     c.pred_hidden = c.pred_hidden or 4096
     c.target_momentum = 0.996 if c.target_momentum is None else c.target_momentum
@@ -318,6 +368,22 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
     _check(c.num_cpu_devices >= 1, "num_cpu_devices", c.num_cpu_devices, "must be >= 1")
     _check(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
+    _check(c.mu >= 1, "mu", c.mu, "must be >= 1")
+    _check(0 < c.threshold <= 1, "threshold", c.threshold, "must be in (0, 1]")
+    _check(c.unlabelled_weight >= 0, "unlabelled_weight", c.unlabelled_weight, "must be >= 0")
+    _check(0 <= c.unlabelled_rampup <= 1, "unlabelled_rampup", c.unlabelled_rampup, "must be in [0, 1]")
+    _check(c.sharpen_temperature > 0, "sharpen_temperature", c.sharpen_temperature, "must be > 0")
+    _check(c.mixup_alpha > 0, "mixup_alpha", c.mixup_alpha, "must be > 0")
+    _check(c.num_guesses >= 1, "num_guesses", c.num_guesses, "must be >= 1")
+    _check(0 <= c.ema_decay < 1, "ema_decay", c.ema_decay, "must be in [0, 1)")
+    _check(c.ft_proj_selector >= 0, "ft_proj_selector", c.ft_proj_selector, "must be >= 0")
+    _check(c.fine_tune_after_block >= -1, "fine_tune_after_block", c.fine_tune_after_block,
+           "must be -1 (train all), 0 (stem) or a block number")
+    _check(c.distill_temperature > 0, "distill_temperature", c.distill_temperature, "must be > 0")
+    _check(0 <= c.distill_alpha <= 1, "distill_alpha", c.distill_alpha, "must be in [0, 1]")
+    _check(c.student_width > 0, "student_width", c.student_width, "must be > 0")
+    _check(c.distill_epochs >= 1, "distill_epochs", c.distill_epochs, "must be >= 1")
+    _check(c.probe_lr > 0, "probe_lr", c.probe_lr, "must be > 0")
     return c
 
 

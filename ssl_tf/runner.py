@@ -24,9 +24,9 @@ from ssl_tf import distribute, eval as eval_lib, optim
 from ssl_tf.data import pipeline, subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
-from ssl_tf.export import export_encoder
-from ssl_tf.methods import METHODS, SEMI_SUPERVISED, Classifier
-from ssl_tf.models import build_backbone
+from ssl_tf.export import export_classifier, export_encoder
+from ssl_tf.methods import METHODS, SEMI_SUPERVISED, Classifier, Distiller, SemiSupervised, load_teacher
+from ssl_tf.models import build_backbone, freeze_through, head_prefix
 
 
 def peak_rss_mb() -> float:
@@ -83,7 +83,7 @@ class Runner:
                                    patch_size=c.patch_size, patch_jitter=c.patch_jitter,
                                    num_copies=c.num_exemplar_copies, num_local_crops=c.num_local_crops,
                                    local_size=c.local_crop_size, global_crop_scale=(c.crop_min_scale, 1.0),
-                                   local_crop_scale=(0.05, c.local_crop_scale))
+                                   local_crop_scale=(0.05, c.local_crop_scale), num_guesses=c.num_guesses)
 
     def _use_jit(self) -> bool:
         if self.cfg.jit_compile != "auto":
@@ -107,16 +107,16 @@ class Runner:
             tag: str, max_steps: int | None = None):
         """Train ``make_model()`` on ``examples`` with its view recipe; resume from ``model_dir/tag``."""
         cfg, strategy = self.cfg, self.strategy
-        per_epoch = pipeline.steps_per_epoch(examples, global_batch)
-        total = epochs * per_epoch
-        stop = min(total, max_steps) if max_steps else total
         keras.utils.set_random_seed(cfg.seed)
+        augment = self.augment_config()
         with strategy.scope():
             model = make_model()
+            per_epoch = model.batches_per_epoch(examples, global_batch)
+            total = epochs * per_epoch
+            stop = min(total, max_steps) if max_steps else total
             model.total_steps, model.steps_per_epoch = total, per_epoch
-            view_fn = views.views_for(model.view_recipe, self.augment_config())
-            sample = next(iter(pipeline.train_stream(examples, view_fn, global_batch=global_batch // self.replicas,
-                                                     seed=cfg.seed)))
+            sample = next(iter(model.input_stream(examples, augment, global_batch=global_batch // self.replicas,
+                                                  seed=cfg.seed)))
             model.build_with(sample, make_optimizer(total, per_epoch),
                              fixed_optimizer=make_optimizer(total, per_epoch, constant=True))
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -134,8 +134,8 @@ class Runner:
         start = int(step)
 
         dataset = strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.train_stream(examples, view_fn, global_batch=global_batch, seed=cfg.seed,
-                                              start_step=start, input_context=ctx))
+            lambda ctx: model.input_stream(examples, augment, global_batch=global_batch, seed=cfg.seed,
+                                           start_step=start, input_context=ctx))
         replica_step = tf.function(model.train_step, jit_compile=self._use_jit())
 
         @tf.function
@@ -144,6 +144,11 @@ class Runner:
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 
         writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag))
+        with writer.as_default(step=start):
+            for name, images in view_images(sample).items():
+                tf.summary.image(f"views/{name}", images, max_outputs=8)
+        history = list(self.results.get(tag, {}).get("history", [])) if start else []
+        history = [h for h in history if h["step"] <= start]
         bar = keras.utils.Progbar(stop, stateful_metrics=None) if cfg.progress and start < stop else None
         sums, count, logs, collapse_warnings = {}, 0, {}, []
         timed_steps, timed_seconds = 0, 0.0
@@ -163,6 +168,7 @@ class Runner:
             count += 1
             if (s + 1) % cfg.log_every == 0 or s + 1 == stop:
                 lr = model.optimizer.learning_rate
+                history.append({"step": s + 1, **{k: round(v, 6) for k, v in logs.items()}})
                 with writer.as_default(step=s + 1):
                     for k, v in logs.items():
                         tf.summary.scalar(k, v)
@@ -186,7 +192,7 @@ class Runner:
                    "epochs": round(int(step) / per_epoch, 3), "global_batch": global_batch,
                    "replicas": self.replicas, "final": logs,
                    "train_images_per_sec": round(timed_steps * global_batch / timed_seconds, 1) if timed_steps else None,
-                   "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+                   "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history}
         if collapse_warnings:
             summary["collapse_warnings"] = collapse_warnings
         return model, summary
@@ -207,12 +213,18 @@ class Runner:
             lr = optim.scale_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.lr_scaling)
             schedule = lr if constant else optim.WarmupCosine(lr, round(cfg.warmup_epochs * per_epoch), total)
             return optim.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
-        model, summary = self.fit(lambda: method.from_config_obj(self.model_cfg, self.build_encoder(),
-                                                                 self.data.num_classes, num_examples=len(train)),
-                                  train, epochs=cfg.epochs, global_batch=cfg.batch_size,
+        def make_model():
+            encoder = self.build_encoder()
+            if cfg.init_from:
+                self.load_encoder(encoder, cfg.init_from, "--init_from")
+            return method.from_config_obj(self.model_cfg, encoder, self.data.num_classes, num_examples=len(train))
+        model, summary = self.fit(make_model, train, epochs=cfg.epochs, global_batch=cfg.batch_size,
                                   make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps)
         self._encoder = getattr(model, method.eval_encoder_attr)
         self._feature_cache.clear()
+        if isinstance(model, SemiSupervised) and self.data.eval is not None:
+            summary["top1"] = self.classifier_top1(model)
+            summary["ema_top1"] = self.classifier_top1(model.ema_logits)
         self.results["pretrain"] = summary
         self._save_results()
         return summary
@@ -221,26 +233,48 @@ class Runner:
         """The pretrained encoder: from this process, else from --checkpoint / the latest in model_dir."""
         if self._encoder is not None:
             return self._encoder
-        path = self.cfg.checkpoint
-        if path and os.path.isdir(path):
-            path = tf.train.latest_checkpoint(path)
-        if not path:
-            path = tf.train.latest_checkpoint(os.path.join(self.cfg.model_dir, "pretrain"))
-        if not path:
-            raise SSLTFError(f"--model_dir={self.cfg.model_dir}: no pretraining checkpoint found; run "
-                             "--mode=pretrain first or pass --checkpoint")
         with self.strategy.scope():
             encoder = self.build_encoder()
+        self.load_encoder(encoder, self.cfg.checkpoint or self.cfg.model_dir,
+                                 "--checkpoint" if self.cfg.checkpoint else "--model_dir")
+        self._encoder = encoder
+        return encoder
+
+    def load_encoder(self, encoder, path: str, flag: str) -> str:
+        """Restore ``encoder`` from a pretraining checkpoint, or the latest one in a run directory
+        (or its ``pretrain/``); the method's evaluation network (DINO: the teacher) is read."""
+        shown, run_dir, checkpoint = path, None, None
+        if os.path.isdir(path):
+            nested = os.path.join(path, "pretrain")
+            ckpt_dir = nested if os.path.isdir(nested) else path
+            run_dir = path if ckpt_dir == nested else os.path.dirname(os.path.normpath(path))
+            checkpoint = tf.train.latest_checkpoint(ckpt_dir)
+        elif os.path.exists(path + ".index"):
+            checkpoint, run_dir = path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        if not checkpoint:
+            raise SSLTFError(f"{flag}={shown}: no pretraining checkpoint found; run --mode=pretrain first "
+                             "or pass --checkpoint")
+        path = checkpoint
+        method = self.cfg.method
         try:
-            attr = METHODS[self.cfg.method].eval_encoder_attr
+            with open(os.path.join(run_dir, "results.json")) as f:
+                method = json.load(f)["config"]["method"]
+        except (OSError, KeyError, ValueError):
+            pass
+        attr = METHODS[method].eval_encoder_attr if method in METHODS else "encoder"
+        try:
             status = tf.train.Checkpoint(model=tf.train.Checkpoint(**{attr: encoder})).read(path)
             status.expect_partial().assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
-            raise SSLTFError(f"--checkpoint={path}: does not hold a {self.cfg.backbone} encoder of "
+            raise SSLTFError(f"{flag}={path}: does not hold a {self.cfg.backbone} encoder of "
                              f"width {self.cfg.width} ({str(e).splitlines()[0][:200]})") from None
         self.log(f"loaded encoder from {path}")
-        self._encoder = encoder
-        return encoder
+        return path
+
+    def classifier_top1(self, classify) -> float:
+        """Top-1 (%) of ``classify`` (images -> logits) on the evaluation set."""
+        logits, labels = eval_lib.extract(classify, self.data.eval, self.cfg.image_size, self.cfg.eval_batch_size)
+        return round(float(np.mean(np.argmax(logits, -1) == labels) * 100), 2)
 
     def random_encoder(self):
         keras.utils.set_random_seed(self.cfg.seed)
@@ -269,17 +303,29 @@ class Runner:
         return self._feature_cache[key]
 
     def linear_eval(self):
+        """The offline probe (--eval_head linear|mlp); results under linear_eval / mlp_eval."""
         c = self.cfg
-        out = {"head": c.eval_head, "epochs": c.eval_epochs}
+        out = {"head": c.eval_head, "epochs": c.eval_epochs, "augment": c.probe_augment,
+               "label_fraction": c.label_fraction}
         for key, make in self._encoders_to_evaluate():
-            (trx, try_), (tex, tey) = self._features(key, make, "linear_eval")
-            res = eval_lib.probe(trx, try_, tex, tey, self.data.num_classes, head=c.eval_head,
-                                 epochs=c.eval_epochs, batch_size=c.eval_batch_size, seed=c.seed)
+            if c.probe_augment:
+                train, test = self._eval_sets("linear_eval")
+                res = eval_lib.augmented_probe(make(), train, test, self.data.num_classes, image_size=c.image_size,
+                                               head=c.eval_head, epochs=c.eval_epochs, batch_size=c.eval_batch_size,
+                                               learning_rate=c.probe_lr, seed=c.seed,
+                                               crop_scale=(c.crop_min_scale, 1.0))
+                sizes = dict(num_train=len(train), num_eval=len(test))
+            else:
+                (trx, try_), (tex, tey) = self._features(key, make, "linear_eval")
+                res = eval_lib.probe(trx, try_, tex, tey, self.data.num_classes, head=c.eval_head,
+                                     epochs=c.eval_epochs, batch_size=c.eval_batch_size, learning_rate=c.probe_lr,
+                                     seed=c.seed)
+                sizes = dict(num_train=len(trx), num_eval=len(tex))
             out[key] = round(res["top1"], 2)
             if key == "top1":
                 out["train_top1"] = round(res["train_top1"], 2)
-                out.update(num_train=len(trx), num_eval=len(tex))
-        self.results["linear_eval"] = out
+                out.update(sizes)
+        self.results[f"{c.eval_head}_eval"] = out
         self._save_results()
         return out
 
@@ -302,7 +348,8 @@ class Runner:
                                   max_features=c.layerwise_features, head=c.eval_head, epochs=c.eval_epochs,
                                   batch_size=c.eval_batch_size, seed=c.seed, log=self.log)
         plot = os.path.join(c.model_dir, "layerwise.png")
-        eval_lib.plot_layerwise(rows, plot, title=f"{c.method} · {c.backbone}×{c.width} · {c.eval_head} probe")
+        plot = eval_lib.plot_layerwise(rows, plot, title=f"{c.method} · {c.backbone}×{c.width} · {c.eval_head} probe",
+                                       log=self.log)
         out = {"head": c.eval_head, "epochs": c.eval_epochs, "max_features": c.layerwise_features,
                "layers": rows, "plot": plot}
         self.log(eval_lib.layerwise_table(rows))
@@ -310,26 +357,88 @@ class Runner:
         self._save_results()
         return out
 
+    def _pretrained_projection(self, encoder, layers: int):
+        """The first ``layers`` layers of the pretraining run's projection head, restored."""
+        if layers == 0:
+            return None
+        c = self.model_cfg
+        method = METHODS[c.method].from_config_obj(c, encoder, self.data.num_classes, num_examples=len(self.data.train))
+        head = getattr(method, "projector", None) or getattr(method, "head", None)
+        if not isinstance(head, keras.Sequential):
+            raise SSLTFError(f"--ft_proj_selector={layers}: --method={c.method} has no projection MLP to fine-tune "
+                             "from; use 0")
+        head(tf.zeros([1, encoder.output_shape[-1]]), training=False)
+        path = self.cfg.checkpoint or tf.train.latest_checkpoint(os.path.join(self.cfg.model_dir, "pretrain"))
+        if path and os.path.isdir(path):
+            path = tf.train.latest_checkpoint(path)
+        name = "projector" if getattr(method, "projector", None) is head else "head"
+        tf.train.Checkpoint(model=tf.train.Checkpoint(**{name: head})).read(path).expect_partial() \
+            .assert_existing_objects_matched()
+        try:
+            return head_prefix(head, layers)
+        except ValueError as e:
+            raise SSLTFError(f"--ft_proj_selector={layers}: {e}") from None
+
     def finetune(self):
+        """SimCLRv2-style fine-tuning on --label_fraction of the labels; results under
+        finetune[<percent>%]; the classifier is exported to <model_dir>/classifier (a teacher)."""
         c = self.cfg
         train, test = self._eval_sets("finetune")
         pretrained = self.encoder()
         batch = min(c.batch_size, len(train) // self.replicas * self.replicas)
+        frozen = []
 
         def make_model():
             enc = self.build_encoder()
             enc.set_weights(pretrained.get_weights())
-            return Classifier(enc, self.data.num_classes)
+            proj = self._pretrained_projection(enc, c.ft_proj_selector)
+            frozen.extend(freeze_through(enc, c.fine_tune_after_block))
+            return Classifier(enc, self.data.num_classes, zero_init_head=c.ft_zero_init, proj=proj)
 
         def make_optimizer(total, per_epoch, constant=False):
             lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
             return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
+        fraction = f"{100 * c.label_fraction:g}%"
         model, summary = self.fit(make_model, train, epochs=c.ft_epochs, global_batch=batch,
-                                  make_optimizer=make_optimizer, tag="finetune")
-        logits, labels = eval_lib.extract(model, test, c.image_size, c.eval_batch_size)
-        summary.update(top1=round(float(np.mean(np.argmax(logits, -1) == labels) * 100), 2),
-                       label_fraction=c.label_fraction, num_labelled=len(train))
-        self.results["finetune"] = summary
+                                  make_optimizer=make_optimizer, tag=f"finetune_{fraction[:-1]}pct")
+        summary.update(top1=self.classifier_top1(model), label_fraction=c.label_fraction, num_labelled=len(train),
+                       proj_selector=c.ft_proj_selector, fine_tune_after_block=c.fine_tune_after_block,
+                       frozen_layers=len(frozen),
+                       classifier=export_classifier(model, os.path.join(c.model_dir, "classifier"), c.image_size))
+        self.results.setdefault("finetune", {})[fraction] = summary
+        self._save_results()
+        return summary
+
+    def distill(self):
+        """SimCLRv2 distillation: the teacher (--teacher, default the fine-tuned classifier) labels
+        every training image; a student (--student_backbone, --student_width) learns its softened
+        predictions, optionally mixed with the labels (--distill_alpha)."""
+        c = self.cfg
+        path = c.teacher or os.path.join(c.model_dir, "classifier")
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb); run --mode=finetune "
+                             "first or pass --teacher=DIR written by it")
+        train = self.data.train
+        labels = np.full(len(train), -1, np.int64)
+        labels[self.labelled_idx] = train.labels[self.labelled_idx]
+        train = dataclasses.replace(train, labels=labels)
+        batch = min(c.batch_size, len(train) // self.replicas * self.replicas)
+
+        def make_model():
+            student = build_backbone(c.student_backbone, width=c.student_width, image_size=c.image_size,
+                                     synchronized_bn=self.model_cfg.global_bn)
+            return Distiller(student, self.data.num_classes, load_teacher(path), temperature=c.distill_temperature,
+                             alpha=c.distill_alpha)
+
+        def make_optimizer(total, per_epoch, constant=False):
+            lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
+            return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
+        model, summary = self.fit(make_model, train, epochs=c.distill_epochs, global_batch=batch,
+                                  make_optimizer=make_optimizer, tag="distill")
+        summary.update(top1=self.classifier_top1(model), teacher_top1=self.classifier_top1(model.teacher_logits),
+                       teacher=path, student=f"{c.student_backbone}×{c.student_width}",
+                       temperature=c.distill_temperature, alpha=c.distill_alpha)
+        self.results["distill"] = summary
         self._save_results()
         return summary
 
@@ -341,9 +450,49 @@ class Runner:
         self._save_results()
         return out
 
+    def report(self):
+        """A Markdown table of --report_runs (default: this model_dir, or its subdirectories)."""
+        paths = [p for p in (self.cfg.report_runs or "").split(",") if p] or [self.cfg.model_dir]
+        table = eval_lib.report(paths)
+        path = os.path.join(self.cfg.model_dir, "report.md")
+        with open(path, "w") as f:
+            f.write(table + "\n")
+        self.log(table)
+        self.results["report"] = {"path": path, "runs": paths}
+        return table
+
+    def plots(self) -> list[str]:
+        """PNGs in <model_dir>/plots: the training curves of every phase that trained, and, when this
+        process extracted evaluation features, the 2-D embedding maps and a retrieval grid."""
+        c = self.cfg
+        out_dir = os.path.join(c.model_dir, "plots")
+        os.makedirs(out_dir, exist_ok=True)
+        written = []
+        title = f"{c.method} · {c.backbone}×{c.width}"
+        phases = {"pretrain": self.results.get("pretrain"), "distill": self.results.get("distill"),
+                  **{f"finetune_{k[:-1]}pct": v for k, v in self.results.get("finetune", {}).items()}}
+        for tag, summary in phases.items():
+            if summary and summary.get("history"):
+                path = eval_lib.plots.training_curves(summary["history"], os.path.join(out_dir, f"curves_{tag}.png"),
+                                                      f"{title} · {tag}", log=self.log)
+                written += [path] if path else []
+        if "top1" in self._feature_cache:
+            _, (feats, labels) = self._feature_cache["top1"]
+            written += eval_lib.plots.embedding_maps(feats, labels, os.path.join(out_dir, "embedding"), title,
+                                                     seed=c.seed, log=self.log)
+            n = min(len(labels), 1000)
+            images = np.concatenate([x.numpy() for x, _ in pipeline.eval_batches(
+                self.data.eval.subset(np.arange(n)), c.image_size, c.eval_batch_size)])
+            written.append(eval_lib.plots.retrieval_grid(images, feats[:n], labels[:n],
+                                                         os.path.join(out_dir, "retrieval.png")))
+        self.results["plots"] = written
+        return written
+
     def run(self):
         for mode in self.cfg.modes:
             getattr(self, mode)()
+        if self.cfg.plots and set(self.cfg.modes) - {"export", "report"}:
+            self.plots()
         self._save_results()
         return self.results
 
@@ -361,6 +510,20 @@ def collapse_warning(epoch_means: dict) -> str | None:
             f"{rank:.2f}); try a lower --learning_rate, a larger --batch_size or the paper's defaults")
 
 
+def view_images(batch, limit: int = 8) -> dict:
+    """{name: [≤ limit, H, W, 3]} images of a training batch's views, for TensorBoard."""
+    out = {}
+    from tensorflow.python.util import nest
+    for path, x in nest.flatten_with_joined_string_paths(batch):
+        if "views" not in path or x.dtype != tf.float32 or x.shape.rank not in (4, 5) or x.shape[-1] != 3:
+            continue
+        x = x[:limit]
+        if x.shape.rank == 5:       # [b, K, S, S, 3]: the first image's K views
+            x = x[0]
+        out[path.replace("/", "_")] = tf.clip_by_value(x, 0.0, 1.0)
+    return out
+
+
 def _image_side(examples: Examples) -> int | None:
     if examples.images is not None:
         return int(examples.images.shape[1])
@@ -376,11 +539,14 @@ def results_table(results: dict) -> str:
         rows.append(("train images/s", f"{p['train_images_per_sec']}"))
         if "probe_acc" in p.get("final", {}):
             rows.append(("online probe top-1 (train views, last step)", f"{100 * p['final']['probe_acc']:.2f}"))
-    if "linear_eval" in results:
-        r = results["linear_eval"]
-        rows.append((f"{r['head']} probe top-1", f"{r['top1']:.2f}"))
-        if "random_init_top1" in r:
-            rows.append((f"{r['head']} probe top-1, random-init backbone", f"{r['random_init_top1']:.2f}"))
+        if "ema_top1" in p:
+            rows.append(("classifier top-1 / EMA classifier top-1", f"{p['top1']:.2f} / {p['ema_top1']:.2f}"))
+    for key in ("linear_eval", "mlp_eval"):
+        if key in results:
+            r = results[key]
+            rows.append((f"{r['head']} probe top-1", f"{r['top1']:.2f}"))
+            if "random_init_top1" in r:
+                rows.append((f"{r['head']} probe top-1, random-init backbone", f"{r['random_init_top1']:.2f}"))
     if "knn" in results:
         r = results["knn"]
         rows.append((f"kNN top-1 (k={r['k']}, T={r['temperature']})", f"{r['top1']:.2f}"))
@@ -390,9 +556,13 @@ def results_table(results: dict) -> str:
         r = results["layerwise_eval"]
         best = max(r["layers"], key=lambda row: row["top1"])
         rows.append((f"layer-wise {r['head']} probe: best layer", f"{best['layer']} ({best['top1']:.2f})"))
-    if "finetune" in results:
-        r = results["finetune"]
-        rows.append((f"fine-tune top-1 ({100 * r['label_fraction']:g}% labels)", f"{r['top1']:.2f}"))
+    for fraction, r in results.get("finetune", {}).items():
+        rows.append((f"fine-tune top-1 ({fraction} labels)", f"{r['top1']:.2f}"))
+    if "distill" in results:
+        r = results["distill"]
+        rows.append((f"distilled student {r['student']} top-1 (teacher)", f"{r['top1']:.2f} ({r['teacher_top1']:.2f})"))
+    if results.get("plots"):
+        rows.append(("plots", f"{len(results['plots'])} PNG in {os.path.dirname(results['plots'][0])}"))
     if "export" in results:
         rows.append(("SavedModel", results["export"]["path"]))
     width = max((len(a) for a, _ in rows), default=10)

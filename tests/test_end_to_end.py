@@ -43,7 +43,7 @@ def test_pretrain_resume_then_every_eval_mode(cli, tmp_path):
 
     ft = cli("--mode=finetune", "--label_fraction=0.5", f"--model_dir={model_dir}", *TINY)
     assert ft.returncode == 0, ft.stderr[-3000:]
-    res = _results(model_dir)["finetune"]
+    res = _results(model_dir)["finetune"]["50%"]
     assert 40 <= res["num_labelled"] <= 56                          # about half of each class of 96
     assert res["steps"] == res["num_labelled"] // 16                 # one epoch at batch 16
     assert 0.0 <= res["top1"] <= 100.0
@@ -158,3 +158,66 @@ def test_moco_queue_must_be_a_multiple_of_the_batch(cli, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == ("ssl-tf: error: --queue_size=100: must be a multiple of "
                                                    "--batch_size=16 (each step replaces one batch of keys)")
+
+
+def _png_size(path):
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.mark.slow
+def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
+    """Issue 5 end to end: SimCLR pretrain + probes, fine-tune from projection layer 1 with the
+    first two blocks frozen, distillation into a narrower student, a FixMatch run started from the
+    SimCLR encoder, then ``ssl-tf report`` over both runs."""
+    from ssl_tf.eval import plots
+    a, b = str(tmp_path / "simclr"), str(tmp_path / "fixmatch")
+    run = cli("--mode=pretrain,linear_eval,knn", f"--model_dir={a}", *TINY)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = _results(a)
+    assert [h["step"] for h in res["pretrain"]["history"]] == list(range(1, 13))
+    assert _png_size(os.path.join(a, "plots", "curves_pretrain.png")) == plots.CURVES_SIZE
+    assert _png_size(os.path.join(a, "plots", "embedding_pca.png")) == plots.MAP_SIZE
+    assert os.path.exists(os.path.join(a, "plots", "embedding_tsne.png"))
+    assert _png_size(os.path.join(a, "plots", "retrieval.png")) == ((6 + 1) * (64 + 4) + 8, 8 * (64 + 4 + 6))
+    import tensorflow as tf
+    events = [os.path.join(a, "logs", "pretrain", f) for f in os.listdir(os.path.join(a, "logs", "pretrain"))]
+    tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(e) for v in ev.summary.value}
+    assert {"views/views_0", "views/views_1", "loss", "embedding_std"} <= tags
+
+    ft = cli("--mode=finetune", "--label_fraction=0.5", "--ft_proj_selector=1", "--fine_tune_after_block=2",
+             "--ft_zero_init", f"--model_dir={a}", *TINY)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    res = _results(a)["finetune"]["50%"]
+    assert res["proj_selector"] == 1 and res["frozen_layers"] > 10 and 0 <= res["top1"] <= 100
+    assert os.path.exists(os.path.join(a, "classifier", "saved_model.pb"))
+
+    dist = cli("--mode=distill", "--student_width=0.0625", "--distill_epochs=1", f"--model_dir={a}", *TINY)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    res = _results(a)["distill"]
+    assert res["student"] == "resnet18×0.0625" and res["steps"] == 96 // 16
+    assert "teacher_agreement" in res["final"] and 0 <= res["teacher_top1"] <= 100
+    bad = cli("--mode=distill", f"--teacher={tmp_path}", f"--model_dir={a}", *TINY)
+    assert bad.returncode == 2 and "--teacher=" in bad.stderr and "saved_model.pb" in bad.stderr
+
+    fm = cli("--method=fixmatch", "--mode=pretrain", "--batch_size=8", "--mu=2", "--label_fraction=0.5",
+             f"--init_from={a}", f"--model_dir={b}", *[t for t in TINY if not t.startswith("--batch_size")])
+    assert fm.returncode == 0, fm.stderr[-3000:]
+    assert "loaded encoder from" in fm.stdout + fm.stderr
+    res = _results(b)["pretrain"]
+    assert res["steps"] == 2 * (96 // 16) and 0 <= res["ema_top1"] <= 100 and "mask_rate" in res["final"]
+
+    rep = cli("report", a, b)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    lines = [l for l in rep.stdout.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in l.split("|")[1:-1]] for l in lines[2:])}
+    simclr = _results(a)
+    assert rows["simclr"]["linear"] == f"{simclr['linear_eval']['top1']:.2f}"
+    assert rows["simclr"]["kNN"] == f"{simclr['knn']['top1']:.2f}"
+    assert rows["simclr"]["distilled"] == f"{simclr['distill']['top1']:.2f}"
+    assert rows["fixmatch"]["semi-sup. (EMA)"] == f"{_results(b)['pretrain']['ema_top1']:.2f}"
+    assert rows["fixmatch"]["linear"] == "–"

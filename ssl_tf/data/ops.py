@@ -150,20 +150,25 @@ def random_solarize(image, seed, p: float, threshold: float = 0.5):
     return random_apply(lambda x, _: solarize(x, threshold), image, seed, p)
 
 
-def rotate(image, angle):
+def affine(image, transform, fill_mode: str = "REFLECT", fill_value: float = 0.0):
+    """Resample a [H, W, C] image: output pixel (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2),
+    ``transform`` = [a0, a1, a2, b0, b1, b2, 0, 0], bilinear."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=tf.cast(transform, tf.float32)[None], output_shape=tf.shape(image)[:2],
+        fill_value=fill_value, interpolation="BILINEAR", fill_mode=fill_mode)
+    return out[0]
+
+
+def rotate(image, angle, fill_mode: str = "REFLECT", fill_value: float = 0.0):
     """Rotate a [H, W, C] image by ``angle`` radians (counter-clockwise) about its centre,
-    bilinear, with reflected borders so no black corners enter the view."""
+    bilinear, with reflected borders (default) so no black corners enter the view."""
     shape = tf.shape(image)
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     cos, sin = tf.cos(angle), tf.sin(angle)
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse rotation.
-    cx, cy = (w - 1) / 2, (h - 1) / 2
+    cx, cy = (w - 1) / 2, (h - 1) / 2   # the inverse rotation about the centre
     transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
                           sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform[None], output_shape=shape[:2], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
-    return out[0]
+    return affine(image, transform, fill_mode, fill_value)
 
 
 def random_rotate(image, seed, max_angle: float):

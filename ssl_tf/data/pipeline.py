@@ -70,6 +70,23 @@ def train_stream(examples: Examples, view_fn, *, global_batch: int, seed: int, s
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def semi_stream(examples: Examples, labelled_view_fn, unlabelled_view_fn, *, global_batch: int, mu: int, seed: int,
+                start_step: int = 0, input_context: tf.distribute.InputContext | None = None):
+    """FixMatch/MixMatch batches ``{'labelled': {views, label, index}, 'unlabelled': {views, label,
+    index}}``: ``global_batch`` labelled examples (label >= 0) and ``mu × global_batch`` images of the
+    whole training set (labels unused), two independent resumable streams."""
+    import numpy as np
+    labelled = examples.subset(np.flatnonzero(examples.labels >= 0))
+    if len(labelled) < global_batch:
+        raise SSLTFError(f"--batch_size={global_batch}: larger than the {len(labelled)} labelled examples of "
+                         f"{examples.name} (raise --label_fraction or lower --batch_size)")
+    first = train_stream(labelled, labelled_view_fn, global_batch=global_batch, seed=seed, start_step=start_step,
+                         input_context=input_context)
+    second = train_stream(examples, unlabelled_view_fn, global_batch=global_batch * mu, seed=seed + 1,
+                          start_step=start_step, input_context=input_context)
+    return tf.data.Dataset.zip(first, second).map(lambda a, b: {"labelled": a, "unlabelled": b})
+
+
 def eval_batches(examples: Examples, image_size: int, batch_size: int = 256):
     """Batches of (eval-preprocessed image, label) in source order."""
     ds = examples.as_dataset().map(lambda x, y: (views_lib.eval_view(x, image_size), y),

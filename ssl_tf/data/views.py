@@ -9,7 +9,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from ssl_tf.data import ops, patches
+from ssl_tf.data import ops, patches, randaugment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,10 @@ class AugmentConfig:
     local_size: int = 16                            # DINO: 96 at 224 px
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    # semi-supervised (FixMatch, MixMatch)
+    translate: float = 0.125                        # weak view: shift by up to 12.5% (FixMatch)
+    randaugment_ops: int = 2                        # strong view: RandAugment ops per image (FixMatch: 2)
+    num_guesses: int = 2                            # MixMatch: K weak views per unlabelled image
 
 
 def simclr_view(image, seed, cfg: AugmentConfig):
@@ -81,6 +85,34 @@ def crop_flip_view(image, seed, cfg: AugmentConfig):
     s = ops.split_seed(seed, 2)
     x = ops.random_resized_crop(ops.to_float(image), s[0], cfg.image_size, scale=cfg.crop_scale)
     return tf.ensure_shape(ops.random_flip(x, s[1]), [cfg.image_size, cfg.image_size, 3])
+
+
+def weak_view(image, seed, cfg: AugmentConfig):
+    """FixMatch's weak augmentation: flip, then translate by up to ``translate`` of the side
+    (reflect padding and a random crop back to size)."""
+    s = ops.split_seed(seed, 2)
+    x = ops.to_float(image)
+    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
+        x = ops.resize(x, cfg.image_size)
+    x = ops.random_flip(x, s[0])
+    pad = int(round(cfg.translate * cfg.image_size))
+    if pad > 0:
+        x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        x = tf.image.stateless_random_crop(x, [cfg.image_size, cfg.image_size, 3], s[1])
+    return tf.ensure_shape(x, [cfg.image_size, cfg.image_size, 3])
+
+
+def weak_strong(image, seed, cfg: AugmentConfig):
+    """FixMatch's pair: a weak view and a strong one (weak + RandAugment + Cutout), independent draws."""
+    s = ops.split_seed(seed, 3)
+    strong = randaugment.rand_augment(weak_view(image, s[1], cfg), s[2], cfg.randaugment_ops)
+    return weak_view(image, s[0], cfg), tf.ensure_shape(strong, [cfg.image_size, cfg.image_size, 3])
+
+
+def weak_views(image, seed, cfg: AugmentConfig):
+    """MixMatch's K weak views of one unlabelled image: [K, S, S, 3]."""
+    s = ops.split_seed(seed, cfg.num_guesses)
+    return tf.stack([weak_view(image, s[i], cfg) for i in range(cfg.num_guesses)])
 
 
 def eval_view(image, image_size: int):
@@ -136,6 +168,9 @@ RECIPES = {
     "rotations": rotations,
     "patch_grid": patch_grid,
     "exemplar": exemplar_copies,
+    "weak": weak_view,
+    "weak_strong": weak_strong,
+    "weak_views": weak_views,
 }
 
 

@@ -96,12 +96,14 @@ def layerwise_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | None = None) -> str:
+def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | None = None, log=print) -> str | None:
     """PNG of top-1 against depth; ``others``: {label: rows} drawn on the same axes against
-    relative depth (0 = first representation layer, 1 = the last), each point named."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    relative depth (0 = first representation layer, 1 = the last), each point named. None when
+    matplotlib (the ``plots`` extra) is missing."""
+    from ssl_tf.eval.plots import pyplot
+    plt = pyplot(log)
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for label, series in {title or "run": rows, **(others or {})}.items():
         xs = [r["depth"] / max(1, len(series) - 1) if others else r["depth"] for r in series]

@@ -1,30 +1,76 @@
-"""Offline linear / MLP probe on frozen, cached features.
+"""Offline linear / MLP probe of a frozen encoder (the standard protocol).
 
-Features are standardised with the training set's per-dimension mean and std (the
-parameter-free BN that MoCo v3 and MAE put before their linear probe), then a head is
-trained with AdamW and a cosine schedule on the cached features — the encoder is never
-run in training mode, so its BN statistics cannot change.
+The encoder runs in inference mode only (``training=False``: BN uses and keeps its moving
+statistics — lightly issue #1440 cannot happen). Features are standardised with the
+training set's per-dimension mean and std (the parameter-free BN that SimCLR, MoCo v3 and
+MAE put before their linear probe); the head is trained with SGD, Nesterov momentum 0.9,
+lr × batch/256 on a cosine schedule and no weight decay (SimCLR appendix B.6).
+
+``probe``: on cached features (extracted once; the fast default).
+``augmented_probe``: on crop+flip views of the training images, through the frozen encoder
+at every step; evaluation on the centre view.
 """
 from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from ssl_tf.data import pipeline, views
+from ssl_tf.eval.features import extract
 from ssl_tf.models import eval_head
 
 
+def _head_and_optimizer(num_classes, dim, head, steps, learning_rate, batch_size, seed):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((dim,)), eval_head(head, num_classes)])
+    lr = learning_rate * batch_size / 256
+    optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, max(1, steps)), momentum=0.9,
+                                     nesterov=True)
+    return model, optimizer
+
+
+def _top1(model, x, y) -> float:
+    return float(np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y) * 100)
+
+
 def probe(train_x, train_y, test_x, test_y, num_classes: int, head: str = "linear", epochs: int = 100,
-          batch_size: int = 256, learning_rate: float = 1e-2, weight_decay: float = 5e-4, seed: int = 0) -> dict:
-    """Train ``head`` on (train_x, train_y); return top-1 (%) on the test set and on the train set."""
+          batch_size: int = 256, learning_rate: float = 0.1, seed: int = 0) -> dict:
+    """Train ``head`` on cached (train_x, train_y); top-1 (%) on the test and the train set."""
     mean = train_x.mean(0, keepdims=True)
     std = train_x.std(0, keepdims=True) + 1e-6
     tx, vx = (train_x - mean) / std, (test_x - mean) / std
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((tx.shape[1],)), eval_head(head, num_classes)])
     steps = epochs * int(np.ceil(len(tx) / batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-    model.compile(keras.optimizers.AdamW(schedule, weight_decay=weight_decay),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model, optimizer = _head_and_optimizer(num_classes, tx.shape[1], head, steps, learning_rate, batch_size, seed)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(tx, train_y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
-    top1 = lambda x, y: float(np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y) * 100)
-    return {"top1": top1(vx, test_y), "train_top1": top1(tx, train_y)}
+    return {"top1": _top1(model, vx, test_y), "train_top1": _top1(model, tx, train_y)}
+
+
+def augmented_probe(encoder, train, test, num_classes: int, *, image_size: int, head: str = "linear",
+                    epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1, seed: int = 0,
+                    crop_scale=(0.08, 1.0)) -> dict:
+    """Train ``head`` on crop+flip views of ``train`` (Examples) through the frozen ``encoder``."""
+    clean_x, clean_y = extract(encoder, train, image_size, batch_size)
+    mean = tf.constant(clean_x.mean(0, keepdims=True))
+    std = tf.constant(clean_x.std(0, keepdims=True) + 1e-6)
+    batch = min(batch_size, len(train))
+    per_epoch = pipeline.steps_per_epoch(train, batch)
+    model, optimizer = _head_and_optimizer(num_classes, clean_x.shape[1], head, epochs * per_epoch, learning_rate,
+                                           batch, seed)
+    optimizer.build(model.trainable_variables)
+    view = views.views_for("crop_flip", views.AugmentConfig(image_size=image_size, crop_scale=crop_scale))
+
+    @tf.function
+    def step(x, y):
+        f = (tf.stop_gradient(encoder(x, training=False)) - mean) / std
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(f, training=True)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+    stream = pipeline.train_stream(train, view, global_batch=batch, seed=seed)
+    for batch_ in stream.take(epochs * per_epoch):
+        step(batch_["views"], batch_["label"])
+    test_x, test_y = extract(encoder, test, image_size, batch_size)
+    standardise = lambda x: (x - mean.numpy()) / std.numpy()
+    return {"top1": _top1(model, standardise(test_x), test_y), "train_top1": _top1(model, standardise(clean_x), clean_y)}

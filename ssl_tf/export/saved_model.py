@@ -1,6 +1,6 @@
 """Export the encoder as a reusable SavedModel feature extractor.
 
-Signatures:
+Signatures (``export_classifier`` the same with ``{"logits": [batch, classes]}``):
   ``serving_default``: ``images`` float32 [batch, height, width, 3] in [0, 1] (any batch,
       any height/width) -> ``{"features": [batch, F]}``;
   ``serve_bytes``: ``encoded`` string [batch] of JPEG/PNG/BMP/GIF bytes -> ``{"features"}``,
@@ -22,11 +22,20 @@ from ssl_tf.data import views
 
 
 def export_encoder(encoder: keras.Model, path: str, image_size: int) -> str:
+    return _export(encoder, path, image_size, "features")
+
+
+def export_classifier(classifier: keras.Model, path: str, image_size: int) -> str:
+    """A fine-tuned classifier (a distillation teacher): images -> ``{"logits"}``."""
+    return _export(classifier, path, image_size, "logits")
+
+
+def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
     archive = keras.export.ExportArchive()
-    archive.track(encoder)
+    archive.track(model)
 
     def features(images):
-        return {"features": encoder(images, training=False)}
+        return {output: model(images, training=False)}
 
     def from_bytes(encoded):
         def decode(data):

@@ -6,3 +6,5 @@ from ssl_tf.losses.dino import dino_loss, updated_center  # noqa: F401
 from ssl_tf.losses.redundancy import barlow_lambda, barlow_twins_loss, vicreg_loss, vicreg_terms  # noqa: F401
 from ssl_tf.losses.similarity import byol_loss, negative_cosine, normalized_mse, simsiam_loss  # noqa: F401
 from ssl_tf.losses.triplet import pairwise_distances, triplet_semihard_loss  # noqa: F401
+from ssl_tf.losses.semi import (distillation_loss, fixmatch_unlabelled_loss, mixmatch_losses, mixup,  # noqa: F401
+                                mixup_lambda, sharpen)

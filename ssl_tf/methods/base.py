@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from ssl_tf import distribute
+from ssl_tf.data import pipeline, views
 from ssl_tf.models import linear_head
 from ssl_tf.models.layers import BatchNorm
 
@@ -151,6 +152,15 @@ class SSLMethod(keras.Model):
     def fixed_lr_variables(self) -> list:
         """Variables trained by ``fixed_optimizer`` at a constant learning rate."""
         return []
+
+    # -- data -------------------------------------------------------------------------
+    def input_stream(self, examples, augment, *, global_batch, seed, start_step=0, input_context=None):
+        """This input pipeline's per-replica batches (default: one stream of ``view_recipe`` views)."""
+        return pipeline.train_stream(examples, views.views_for(self.view_recipe, augment), global_batch=global_batch,
+                                     seed=seed, start_step=start_step, input_context=input_context)
+
+    def batches_per_epoch(self, examples, global_batch) -> int:
+        return pipeline.steps_per_epoch(examples, global_batch)
 
     # -- setup ------------------------------------------------------------------------
     def call(self, images, training=False):

@@ -7,8 +7,8 @@ import re
 import keras
 
 from ssl_tf.models import resnet as _resnet
-from ssl_tf.models.heads import (dino_head, eval_head, linear_head, mlp, mlp_head, pretext_head,  # noqa: F401
-                                 projection_head)
+from ssl_tf.models.heads import (classifier_head, dino_head, eval_head, head_prefix, linear_head, mlp,  # noqa: F401
+                                 mlp_head, pretext_head, projection_head)
 from ssl_tf.models.layers import INPUT_MODES  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
@@ -48,3 +48,22 @@ def intermediate_model(backbone: keras.Model, names=None) -> keras.Model:
 def spatial_output(backbone: keras.Model):
     """The last spatial feature map (the input of global pooling)."""
     return backbone.get_layer("pooled").input
+
+
+def freeze_through(backbone: keras.Model, block: int) -> list[str]:
+    """Make every layer up to and including representation block ``block`` (0 = the stem, k =
+    ``block{k}``) non-trainable — frozen BN then runs in inference mode. -1 freezes nothing.
+    Returns the names of the frozen layers."""
+    if block < 0:
+        return []
+    names = [n for n in representation_layers(backbone) if n == "stem" or n.startswith("block")]
+    marker = "stem" if block == 0 else f"block{block}"
+    if marker not in names:
+        from ssl_tf.errors import SSLTFError
+        raise SSLTFError(f"--fine_tune_after_block={block}: {backbone.name} has blocks "
+                         f"{', '.join(str(i) for i in range(len(names)))} (0 = stem) or -1")
+    stop = [layer.name for layer in backbone.layers].index(marker)
+    frozen = backbone.layers[:stop + 1]
+    for layer in frozen:
+        layer.trainable = False
+    return [layer.name for layer in frozen]

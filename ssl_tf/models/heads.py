@@ -102,3 +102,22 @@ def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int 
     normalisation, then a weight-normalised linear layer to ``out_dim`` (65536)."""
     return keras.Sequential([mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu"),
                              L2Normalize(), WeightNormDense(out_dim, name="last_layer")], name=name)
+
+
+def head_prefix(head: keras.Sequential, num_layers: int, name: str = "proj_prefix") -> keras.Sequential:
+    """The first ``num_layers`` layers of a projection MLP, sharing its weights (SimCLRv2's
+    ``ft_proj_selector``): a layer is a Dense with the BN and activation that follow it."""
+    groups = []
+    for layer in head.layers:
+        if isinstance(layer, layers.Dense) or not groups:
+            groups.append([])
+        groups[-1].append(layer)
+    if not 0 <= num_layers <= len(groups):
+        raise ValueError(f"the projection head has {len(groups)} layers, not {num_layers}")
+    return keras.Sequential([layer for group in groups[:num_layers] for layer in group], name=name)
+
+
+def classifier_head(num_classes: int, input_dim: int, zero_init: bool = False, name: str = "classifier"):
+    """A linear classifier as a built Sequential (so ``clone_network`` can copy it for an EMA)."""
+    return keras.Sequential([keras.Input((input_dim,)), linear_head(num_classes, zero_init, name=f"{name}_dense")],
+                            name=name)

@@ -1,0 +1,44 @@
+"""SimCLRv2 distillation (Chen et al. 2020b, §2.3): a fixed teacher labels the (unlabelled)
+training images with temperature-softened probabilities and a student learns them.
+
+    t = teacher(x).detach();  s = student(x)
+    L = (1 − α) · (−Σ_y softmax(t/τ) log softmax(s/τ)) + α · H(y, s)   [α: labelled examples only]
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from ssl_tf.losses import cross_entropy, distillation_loss
+from ssl_tf.methods.base import Objective
+from ssl_tf.methods.supervised import Classifier
+
+
+def load_teacher(path: str) -> keras.layers.Layer:
+    """A classifier SavedModel (``export_classifier``) as a frozen layer: images -> logits."""
+    return keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False, name="teacher")
+
+
+class Distiller(Classifier):
+    view_recipe = "crop_flip"
+
+    def __init__(self, student_encoder, num_classes, teacher, temperature=1.0, alpha=0.0, **kwargs):
+        super().__init__(student_encoder, num_classes, **kwargs)
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+
+    def teacher_logits(self, images, training=False):
+        out = self.teacher(images)
+        return tf.stop_gradient(out["logits"] if isinstance(out, dict) else out)
+
+    def objective(self, batch, training):
+        x, y = batch["views"], batch["label"]
+        t = self.teacher_logits(x)
+        s = self(x, training=training)
+        loss = distillation_loss(t, s, self.temperature)
+        logs = {"distill_loss": loss,
+                "teacher_agreement": tf.reduce_mean(tf.cast(tf.equal(tf.argmax(s, -1), tf.argmax(t, -1)), tf.float32))}
+        if self.alpha > 0:
+            sup, _ = cross_entropy(tf.maximum(y, 0), s, y >= 0)
+            loss = (1.0 - self.alpha) * loss + self.alpha * sup
+            logs["supervised_loss"] = sup
+        return Objective(loss, features=None, embeddings=None, logs=logs)

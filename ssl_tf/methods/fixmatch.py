@@ -1,0 +1,41 @@
+"""FixMatch (Sohn et al. 2020): pseudo-labels from weakly augmented unlabelled images, kept
+when confident, train the prediction on a strongly augmented view of the same image.
+
+    logits_x, logits_w, logits_s = f(x_weak), f(u_weak), f(u_strong)    # one pass, BN over all
+    L_s = H(y, logits_x)
+    q = softmax(logits_w).detach();  mask = max q ≥ τ
+    L_u = mean(mask · H(argmax q, logits_s))
+    L = L_s + λ_u · L_u ;  update ;  EMA of the weights for evaluation
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ssl_tf.losses import fixmatch_unlabelled_loss
+from ssl_tf.methods.base import Objective
+from ssl_tf.methods.supervised import SemiSupervised
+
+
+class FixMatch(SemiSupervised):
+    unlabelled_recipe = "weak_strong"
+
+    def __init__(self, encoder, num_classes, threshold=0.95, **kwargs):
+        super().__init__(encoder, num_classes, **kwargs)
+        self.threshold = threshold
+
+    @classmethod
+    def from_config_obj(cls, cfg, encoder, num_classes, **_):
+        return cls(encoder, num_classes, threshold=cfg.threshold, mu=cfg.mu, unlabelled_weight=cfg.unlabelled_weight,
+                   ema_decay=cfg.ema_decay)
+
+    def unlabelled_objective(self, batch, training):
+        x = batch["labelled"]["views"]
+        u_weak, u_strong = batch["unlabelled"]["views"]
+        logits_x, logits_w, logits_s = self.logits_of_batches([x, u_weak, u_strong], training)
+        sup_loss, sup_acc = self.supervised_loss(batch, logits_x)
+        unsup_loss, mask = fixmatch_unlabelled_loss(logits_w, logits_s, self.threshold)
+        loss = sup_loss + self.unlabelled_weight * unsup_loss
+        return Objective(loss, features=None, embeddings=None,
+                         logs={"supervised_loss": sup_loss, "accuracy": sup_acc, "unlabelled_loss": unsup_loss,
+                               "mask_rate": tf.reduce_mean(mask)})
+
