@@ -197,6 +197,23 @@ class Runner:
             summary["collapse_warnings"] = collapse_warnings
         return model, summary
 
+    def _fraction_labelled_train(self) -> Examples:
+        """Every training image, labelled only within --label_fraction (the rest: label -1)."""
+        train = self.data.train
+        labels = np.full(len(train), -1, np.int64)
+        labels[self.labelled_idx] = train.labels[self.labelled_idx]
+        return dataclasses.replace(train, labels=labels)
+
+    def _classifier_training(self, num_examples: int):
+        """(global batch, optimizer factory) of fine-tuning and distillation: --batch_size capped at
+        the examples, Nesterov SGD at --ft_learning_rate × batch/256 with cosine decay (SimCLR B.5)."""
+        batch = min(self.cfg.batch_size, num_examples // self.replicas * self.replicas)
+
+        def make_optimizer(total, per_epoch, constant=False):
+            lr = optim.scale_learning_rate(self.cfg.ft_learning_rate, batch, "linear")
+            return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
+        return batch, make_optimizer
+
     # ------------------------------------------------------------------ modes
     def pretrain(self):
         cfg = self.cfg
@@ -205,9 +222,7 @@ class Runner:
         if cfg.method in SEMI_SUPERVISED and not len(self.labelled_idx):
             raise SSLTFError(f"--method={cfg.method} needs labelled training data; {train.name} has no labels "
                              "(use a labelled source, e.g. npz:PATH with labels)")
-        probe_labels = np.full(len(train), -1, np.int64)
-        probe_labels[self.labelled_idx] = train.labels[self.labelled_idx]
-        train = dataclasses.replace(train, labels=probe_labels)
+        train = self._fraction_labelled_train()
 
         def make_optimizer(total, per_epoch, constant=False):
             lr = optim.scale_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.lr_scaling)
@@ -385,7 +400,7 @@ class Runner:
         c = self.cfg
         train, test = self._eval_sets("finetune")
         pretrained = self.encoder()
-        batch = min(c.batch_size, len(train) // self.replicas * self.replicas)
+        batch, make_optimizer = self._classifier_training(len(train))
         frozen = []
 
         def make_model():
@@ -394,10 +409,6 @@ class Runner:
             proj = self._pretrained_projection(enc, c.ft_proj_selector)
             frozen.extend(freeze_through(enc, c.fine_tune_after_block))
             return Classifier(enc, self.data.num_classes, zero_init_head=c.ft_zero_init, proj=proj)
-
-        def make_optimizer(total, per_epoch, constant=False):
-            lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
-            return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
         fraction = f"{100 * c.label_fraction:g}%"
         model, summary = self.fit(make_model, train, epochs=c.ft_epochs, global_batch=batch,
                                   make_optimizer=make_optimizer, tag=f"finetune_{fraction[:-1]}pct")
@@ -418,21 +429,14 @@ class Runner:
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb); run --mode=finetune "
                              "first or pass --teacher=DIR written by it")
-        train = self.data.train
-        labels = np.full(len(train), -1, np.int64)
-        labels[self.labelled_idx] = train.labels[self.labelled_idx]
-        train = dataclasses.replace(train, labels=labels)
-        batch = min(c.batch_size, len(train) // self.replicas * self.replicas)
+        train = self._fraction_labelled_train()
+        batch, make_optimizer = self._classifier_training(len(train))
 
         def make_model():
             student = build_backbone(c.student_backbone, width=c.student_width, image_size=c.image_size,
                                      synchronized_bn=self.model_cfg.global_bn)
             return Distiller(student, self.data.num_classes, load_teacher(path), temperature=c.distill_temperature,
                              alpha=c.distill_alpha)
-
-        def make_optimizer(total, per_epoch, constant=False):
-            lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
-            return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
         model, summary = self.fit(make_model, train, epochs=c.distill_epochs, global_batch=batch,
                                   make_optimizer=make_optimizer, tag="distill")
         summary.update(top1=self.classifier_top1(model), teacher_top1=self.classifier_top1(model.teacher_logits),

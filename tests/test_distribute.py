@@ -12,6 +12,7 @@ from ssl_tf.optim import LARS
 from ssl_tf import distribute
 from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import nt_xent
+from helpers import run_replica_steps
 
 CFG = views.AugmentConfig(image_size=16, color_jitter=0.5)
 
@@ -34,15 +35,7 @@ def _train(strategy, init_weights=None, steps=2, global_batch=8):
         if init_weights is not None:
             model.set_weights(init_weights)
     init = [w.copy() for w in model.get_weights()]
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: pipeline.train_stream(ex, fn, global_batch=global_batch, seed=0, input_context=ctx))
-
-    @tf.function
-    def step(b):
-        logs = strategy.run(model.train_step, args=(b,))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
-    it = iter(ds)
-    losses = [{k: float(v) for k, v in step(next(it)).items()} for _ in range(steps)]
+    losses = run_replica_steps(strategy, model, ex, fn, global_batch, steps)
     return init, model.get_weights(), losses
 
 

@@ -15,6 +15,7 @@ from ssl_tf.methods.npid import updated_rows
 from ssl_tf.models import build_backbone, mlp, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.runner import collapse_warning
+from helpers import run_replica_steps
 
 LR = 0.001   # 2-replica equality: larger steps amplify float32 rounding of BN on tiny batches (~lr²)
 CFG = views.AugmentConfig(image_size=16, color_jitter=0.5, num_local_crops=2, local_size=8)
@@ -261,15 +262,7 @@ def _train_on(strategy, name, init_weights=None, steps=2, global_batch=8):
         if init_weights is not None:
             model.set_weights(init_weights)
     init = [w.copy() for w in model.get_weights()]
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: pipeline.train_stream(ex, fn, global_batch=global_batch, seed=0, input_context=ctx))
-
-    @tf.function
-    def step(b):
-        logs = strategy.run(model.train_step, args=(b,))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
-    it = iter(ds)
-    logs = [{k: float(v) for k, v in step(next(it)).items()} for _ in range(steps)]
+    logs = run_replica_steps(strategy, model, ex, fn, global_batch, steps)
     # MoCo's key encoder updates its BN moving statistics once per key group (4 groups on one device,
     # 2 per replica here): they are never used (keys are always encoded with batch statistics and the
     # key encoder is never evaluated), so they are left out of the comparison.

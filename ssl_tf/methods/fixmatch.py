@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ssl_tf.losses import fixmatch_unlabelled_loss
+from ssl_tf.losses import cross_entropy, fixmatch_unlabelled_loss
 from ssl_tf.methods.base import Objective
 from ssl_tf.methods.supervised import SemiSupervised
 
@@ -28,11 +28,11 @@ class FixMatch(SemiSupervised):
         return cls(encoder, num_classes, threshold=cfg.threshold, mu=cfg.mu, unlabelled_weight=cfg.unlabelled_weight,
                    ema_decay=cfg.ema_decay)
 
-    def unlabelled_objective(self, batch, training):
+    def objective(self, batch, training):
         x = batch["labelled"]["views"]
         u_weak, u_strong = batch["unlabelled"]["views"]
         logits_x, logits_w, logits_s = self.logits_of_batches([x, u_weak, u_strong], training)
-        sup_loss, sup_acc = self.supervised_loss(batch, logits_x)
+        sup_loss, sup_acc = cross_entropy(batch["labelled"]["label"], logits_x)
         unsup_loss, mask = fixmatch_unlabelled_loss(logits_w, logits_s, self.threshold)
         loss = sup_loss + self.unlabelled_weight * unsup_loss
         return Objective(loss, features=None, embeddings=None,

@@ -37,7 +37,7 @@ class MixMatch(SemiSupervised):
         progress = tf.cast(self.current_step(), tf.float32) / ramp_steps
         return self.unlabelled_weight * tf.minimum(progress, 1.0)
 
-    def unlabelled_objective(self, batch, training):
+    def objective(self, batch, training):
         x, y = batch["labelled"]["views"], batch["labelled"]["label"]
         u = batch["unlabelled"]["views"]                                   # [n, K, S, S, 3]
         k = u.shape[1]

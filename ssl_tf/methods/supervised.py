@@ -74,9 +74,6 @@ class SemiSupervised(Classifier):
         sizes = [tf.shape(x)[0] for x in images]
         return tf.split(self(tf.concat(images, 0), training=training), sizes, 0)
 
-    def supervised_loss(self, batch, logits):
-        return cross_entropy(batch["labelled"]["label"], logits)
-
     ema_bn_stats = True    # the EMA model evaluates with averaged BN statistics too
 
     @property
@@ -85,12 +82,3 @@ class SemiSupervised(Classifier):
 
     def after_update(self, aux, step):
         self.momentum_update(self.ema_decay)
-
-    def unlabelled_objective(self, batch, training) -> Objective:
-        raise NotImplementedError
-
-    def objective(self, batch, training):
-        out = self.unlabelled_objective(batch, training)
-        if not training:    # building: also create the EMA copy's variables
-            self.ema_logits(batch["labelled"]["views"])
-        return out
