@@ -72,7 +72,8 @@ def main(argv):
           f"{runner.cfg.backbone}×{runner.cfg.width}, {runner.replicas} replica(s); steps: "
           f"{','.join(runner.cfg.modes)}; model_dir: {runner.cfg.model_dir}", flush=True)
     results = runner.run()
-    print("\nResults (also in " + runner.results_path + "):\n" + results_table(results), flush=True)
+    where = runner.results_path if runner.is_chief else f"{runner.results_path}, written by the chief"
+    print(f"\nResults (also in {where}):\n" + results_table(results), flush=True)
 
 
 def _main_with_errors(argv):
@@ -81,6 +82,13 @@ def _main_with_errors(argv):
     except SSLTFError as e:
         print(f"ssl-tf: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 — TensorFlow runtime failures the user can act on
+        kind = type(e).__name__
+        if kind == "ResourceExhaustedError":
+            print(f"ssl-tf: error: out of memory ({str(e).splitlines()[0][:160]}); lower --batch_size, "
+                  "--width or --image_size", file=sys.stderr)
+            sys.exit(2)
+        raise   # a bug of ours: the traceback is what a report needs
 
 
 def run():

@@ -235,6 +235,10 @@ class Config:
     log_every: int = _f(10, "Write TensorBoard scalars every this many steps.")
     progress: bool = _f(True, "Show a progress bar.")
     seed: int = _f(0, "Seed of data order, augmentation, carving and initialisation.")
+    deterministic: bool = _f(False, "TensorFlow op determinism (tf.config.experimental.enable_op_determinism): "
+                                    "with --seed, bit-identical runs on CPU; somewhat slower.")
+    skip_bad_images: bool = _f(False, "Skip (and count) unreadable or non-image files of a folder: dataset "
+                                      "instead of stopping at the first one.")
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -76,11 +77,30 @@ def moments(x, axes):
     return mean, var
 
 
+def worker_role(strategy) -> tuple[int, int, bool]:
+    """(this worker's index, number of workers, is it the chief) — (0, 1, True) off a cluster.
+
+    The chief is task ``chief`` if the cluster has one, else worker 0 (as tf.distribute).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
+        return 0, 1, True
+    spec = resolver.cluster_spec().as_dict()
+    order = [("chief", i) for i in range(len(spec.get("chief", [])))] + \
+            [("worker", i) for i in range(len(spec.get("worker", [])))]
+    if (resolver.task_type, resolver.task_id) not in order:
+        return 0, 1, True
+    index = order.index((resolver.task_type, resolver.task_id))
+    return index, len(order), index == 0
+
+
 def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
     """``--strategy``: auto (mirrored over GPUs when there are several, else the default device),
     one_device, mirrored (all local GPUs, or all logical CPUs), multi_worker (``TF_CONFIG``), tpu."""
     if name not in STRATEGIES:
         raise SSLTFError(f"--strategy={name}: unknown; accepted: {', '.join(STRATEGIES)}")
+    if name == "multi_worker":   # before anything initialises TensorFlow's devices (collectives)
+        return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -94,22 +114,41 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.S
         # is ordered, and exact (tests/test_distribute.py).
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise SSLTFError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster spec and this worker's task)")
+    where = f"--strategy=tpu --tpu={tpu or ''}"
+    if tpu and tpu.startswith("grpc://"):   # an unreachable address would make TensorFlow wait forever
+        host, _, port = tpu[len("grpc://"):].rpartition(":")
         try:
-            json.loads(os.environ["TF_CONFIG"])
-        except ValueError:
-            raise SSLTFError("--strategy=multi_worker: TF_CONFIG is not valid JSON") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise SSLTFError(f"{where}: no TPU found (cannot connect to {host}:{port})") from None
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError, RuntimeError) as e:
-        raise SSLTFError(f"--strategy=tpu --tpu={tpu or ''}: no TPU found ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 — the resolver raises ValueError, URLError, OpError, RuntimeError…
+        reason = (str(e).splitlines() or [e.__class__.__name__])[0][:200]
+        raise SSLTFError(f"{where}: no TPU found ({reason}); on a machine without a TPU use --strategy=auto, "
+                         "one_device or mirrored") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _multi_worker() -> tf.distribute.Strategy:
+    if "TF_CONFIG" not in os.environ:
+        raise SSLTFError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                         "(cluster spec and this worker's task)")
+    try:
+        spec = json.loads(os.environ["TF_CONFIG"])
+        task = spec["task"]
+        workers = spec["cluster"][task["type"]]
+        assert 0 <= int(task["index"]) < len(workers)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise SSLTFError('--strategy=multi_worker: TF_CONFIG must be JSON like {"cluster": {"worker": '
+                         '["host:port", ...]}, "task": {"type": "worker", "index": i}} with i a valid index') from None
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as e:
+        raise SSLTFError(f"--strategy=multi_worker: {str(e).splitlines()[0]} (create the strategy before "
+                         "any other TensorFlow call)") from None
 
 
 def split_cpu(num_devices: int) -> None:

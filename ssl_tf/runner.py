@@ -8,6 +8,7 @@ checkpoints every N steps, automatic resume, TensorBoard scalars and a progress 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_tf import config as config_lib
-from ssl_tf import distribute, eval as eval_lib, optim
+from ssl_tf import checkpoints, distribute, eval as eval_lib, optim
 from ssl_tf.data import pipeline, subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
@@ -44,10 +45,14 @@ class Runner:
         self.log = log
         if cfg.num_cpu_devices > 1:
             distribute.split_cpu(cfg.num_cpu_devices)
-        self.strategy = distribute.make_strategy(cfg.strategy, cfg.tpu)
+        self.strategy = distribute.make_strategy(cfg.strategy, cfg.tpu)   # before any TF op (collectives)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
         self.replicas = self.strategy.num_replicas_in_sync
+        self.worker, self.worker_count, self.is_chief = distribute.worker_role(self.strategy)
         self.data = load_dataset(cfg.dataset, eval_spec=cfg.eval_dataset, data_dir=cfg.data_dir,
-                                 val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size)
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed, image_size=cfg.image_size,
+                                 skip_bad_images=cfg.skip_bad_images, log=log)
         cfg = config_lib.resolve(cfg, _image_side(self.data.train))
         if cfg.batch_size % self.replicas:
             raise SSLTFError(f"--batch_size={cfg.batch_size}: must be divisible by the {self.replicas} replicas "
@@ -91,12 +96,16 @@ class Runner:
         return self.replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
 
     def _save_results(self):
+        if not self.is_chief:   # multi-worker: the chief writes the run's files
+            return
         self.results.update(config=config_lib.to_dict(self.cfg), versions=versions(),
                             data={"train": self.data.train.name, "num_train": len(self.data.train),
                                   "eval": self.data.eval.name if self.data.eval is not None else None,
                                   "num_eval": len(self.data.eval) if self.data.eval is not None else 0,
                                   "num_classes": self.data.num_classes,
-                                  "num_labelled": int(len(self.labelled_idx))})
+                                  "num_labelled": int(len(self.labelled_idx)),
+                                  "skipped_bad_images": self.data.train.skipped +
+                                  (self.data.eval.skipped if self.data.eval is not None else 0)})
         tmp = self.results_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.results, f, indent=2, sort_keys=True)
@@ -109,6 +118,8 @@ class Runner:
         cfg, strategy = self.cfg, self.strategy
         keras.utils.set_random_seed(cfg.seed)
         augment = self.augment_config()
+        with tf.device("/cpu:0"):   # a plain host variable: the loop's own counter, not a replicated one
+            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         with strategy.scope():
             model = make_model()
             per_epoch = model.batches_per_epoch(examples, global_batch)
@@ -119,18 +130,22 @@ class Runner:
                                                   seed=cfg.seed)))
             model.build_with(sample, make_optimizer(total, per_epoch),
                              fixed_optimizer=make_optimizer(total, per_epoch, constant=True))
-            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             parts = dict(model=model, optimizer=model.optimizer, step=step)
             if model.probe_optimizer is not None:
                 parts["probe_optimizer"] = model.probe_optimizer
             if model.fixed_optimizer is not None:
                 parts["fixed_optimizer"] = model.fixed_optimizer
             ckpt = tf.train.Checkpoint(**parts)
-        directory = os.path.join(cfg.model_dir, tag)
-        manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=cfg.keep_checkpoints)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            self.log(f"[{tag}] resumed from {manager.latest_checkpoint} at step {int(step)}")
+        manager = checkpoints.AtomicCheckpoints(ckpt, os.path.join(cfg.model_dir, tag), cfg.keep_checkpoints,
+                                                is_chief=self.is_chief, worker=self.worker)
+        if manager.latest:
+            try:
+                manager.restore(manager.latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise SSLTFError(f"--model_dir={cfg.model_dir}: checkpoint {manager.latest} does not match this "
+                                 f"--method/--backbone/--width ({str(e).splitlines()[0][:160]}); use another "
+                                 "--model_dir or the flags of that run") from None
+            self.log(f"[{tag}] resumed from {manager.latest} at step {int(step)}")
         start = int(step)
 
         dataset = strategy.distribute_datasets_from_function(
@@ -143,58 +158,78 @@ class Runner:
             logs = strategy.run(replica_step, args=(batch,))
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 
-        writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag))
+        writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag)) if self.is_chief
+                  else tf.summary.create_noop_writer())
         with writer.as_default(step=start):
             for name, images in view_images(sample).items():
                 tf.summary.image(f"views/{name}", images, max_outputs=8)
-        history = list(self.results.get(tag, {}).get("history", [])) if start else []
-        history = [h for h in history if h["step"] <= start]
+        # The loss history up to the restored step travels with its checkpoint (results.json is
+        # only written when a phase ends, so a killed run's history is in the checkpoint).
+        history = checkpoints.metadata(manager.latest).get("history", []) if start else []
         bar = keras.utils.Progbar(stop, stateful_metrics=None) if cfg.progress and start < stop else None
         sums, count, logs, collapse_warnings = {}, 0, {}, []
         timed_steps, timed_seconds = 0, 0.0
         iterator = iter(dataset)
-        for s in range(start, stop):
-            t0 = time.perf_counter()
-            logs = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
-            if s > start:  # the first step traces the graph
-                timed_seconds += time.perf_counter() - t0
-                timed_steps += 1
-            if not math.isfinite(logs["loss"]):
-                raise SSLTFError(f"[{tag}] loss is {logs['loss']} at step {s + 1}; last good checkpoint: "
-                                 f"{manager.latest_checkpoint or 'none'} (try a lower --learning_rate)")
-            step.assign(s + 1)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if (s + 1) % cfg.log_every == 0 or s + 1 == stop:
-                lr = model.optimizer.learning_rate
-                history.append({"step": s + 1, **{k: round(v, 6) for k, v in logs.items()}})
-                with writer.as_default(step=s + 1):
-                    for k, v in logs.items():
-                        tf.summary.scalar(k, v)
-                    tf.summary.scalar("learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
-            if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == stop:
-                manager.save(checkpoint_number=s + 1)
-            if (s + 1) % per_epoch == 0 or s + 1 == stop:
-                means = {k: v / count for k, v in sums.items()}
-                with writer.as_default(step=s + 1):
-                    for k, v in means.items():
-                        tf.summary.scalar(f"epoch/{k}", v)
-                warning = collapse_warning(means)
-                if warning:
-                    self.log(f"[{tag}] epoch {(s + 1) / per_epoch:.2f}: {warning}")
-                    collapse_warnings.append(warning)
-                sums, count = {}, 0
-            if bar is not None:
-                bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
+        preempted = _PreemptionNotice(enabled=self.worker_count == 1)
+        try:
+            for s in range(start, stop):
+                t0 = time.perf_counter()
+                logs = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+                if s > start:  # the first step traces the graph
+                    timed_seconds += time.perf_counter() - t0
+                    timed_steps += 1
+                if not all(math.isfinite(v) for v in logs.values()):
+                    bad = next(k for k, v in logs.items() if not math.isfinite(v))
+                    raise SSLTFError(f"[{tag}] {bad} is {logs[bad]} at step {s + 1}; stopped without saving; last good "
+                                     f"checkpoint: {manager.latest or 'none'} (try a lower --learning_rate)")
+                step.assign(s + 1)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if (s + 1) % cfg.log_every == 0 or s + 1 == stop:
+                    lr = model.optimizer.learning_rate
+                    history.append({"step": s + 1, **logs})
+                    with writer.as_default(step=s + 1):
+                        for k, v in logs.items():
+                            tf.summary.scalar(k, v)
+                        tf.summary.scalar("learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
+                if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == stop or preempted.received:
+                    saved = manager.save(s + 1, {"history": history})
+                    if preempted.received:
+                        preempted.restore()
+                        raise SSLTFError(f"[{tag}] stopped by {preempted.received} at step {s + 1}; checkpoint saved: "
+                                         f"{saved}; run the same command again to resume")
+                if (s + 1) % per_epoch == 0 or s + 1 == stop:
+                    means = {k: v / count for k, v in sums.items()}
+                    with writer.as_default(step=s + 1):
+                        for k, v in means.items():
+                            tf.summary.scalar(f"epoch/{k}", v)
+                    warning = collapse_warning(means)
+                    if warning:
+                        self.log(f"[{tag}] epoch {(s + 1) / per_epoch:.2f}: {warning}")
+                        collapse_warnings.append(warning)
+                    sums, count = {}, 0
+                if bar is not None:
+                    bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
+        finally:
+            preempted.restore()
         writer.flush()
         summary = {"steps": int(step), "total_steps": total, "steps_per_epoch": per_epoch,
                    "epochs": round(int(step) / per_epoch, 3), "global_batch": global_batch,
                    "replicas": self.replicas, "final": logs,
                    "train_images_per_sec": round(timed_steps * global_batch / timed_seconds, 1) if timed_steps else None,
-                   "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history}
+                   "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
+                   "weights_sha256": weights_fingerprint(model)}
+        if self.worker_count > 1:
+            self.log(f"[{tag}] worker {self.worker}/{self.worker_count} at step {int(step)}: "
+                     f"weights sha256 {summary['weights_sha256']}")
         if collapse_warnings:
             summary["collapse_warnings"] = collapse_warnings
+        if not timed_steps:   # already complete (a re-run after a kill during evaluation): keep the timings
+            previous = self.results.get(tag, {})
+            for key in ("train_images_per_sec", "seconds", "collapse_warnings"):
+                if key in previous:
+                    summary[key] = previous[key]
         return model, summary
 
     def _fraction_labelled_train(self) -> Examples:
@@ -258,23 +293,22 @@ class Runner:
     def load_encoder(self, encoder, path: str, flag: str) -> str:
         """Restore ``encoder`` from a pretraining checkpoint, or the latest one in a run directory
         (or its ``pretrain/``); the method's evaluation network (DINO: the teacher) is read."""
-        shown, run_dir, checkpoint = path, None, None
-        if os.path.isdir(path):
+        shown = path
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, checkpoints.PREFIX + ".index")):
             nested = os.path.join(path, "pretrain")
-            ckpt_dir = nested if os.path.isdir(nested) else path
-            run_dir = path if ckpt_dir == nested else os.path.dirname(os.path.normpath(path))
-            checkpoint = tf.train.latest_checkpoint(ckpt_dir)
-        elif os.path.exists(path + ".index"):
-            checkpoint, run_dir = path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            checkpoint = checkpoints.latest(nested if os.path.isdir(nested) else path)
+        else:
+            checkpoint = checkpoints.resolve(path)
         if not checkpoint:
             raise SSLTFError(f"{flag}={shown}: no pretraining checkpoint found; run --mode=pretrain first "
                              "or pass --checkpoint")
+        run_dir = next((d for d in _parents(checkpoint, 4) if os.path.exists(os.path.join(d, "results.json"))), None)
         path = checkpoint
         method = self.cfg.method
         try:
             with open(os.path.join(run_dir, "results.json")) as f:
                 method = json.load(f)["config"]["method"]
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, TypeError):
             pass
         attr = METHODS[method].eval_encoder_attr if method in METHODS else "encoder"
         try:
@@ -383,9 +417,10 @@ class Runner:
             raise SSLTFError(f"--ft_proj_selector={layers}: --method={c.method} has no projection MLP to fine-tune "
                              "from; use 0")
         head(tf.zeros([1, encoder.output_shape[-1]]), training=False)
-        path = self.cfg.checkpoint or tf.train.latest_checkpoint(os.path.join(self.cfg.model_dir, "pretrain"))
-        if path and os.path.isdir(path):
-            path = tf.train.latest_checkpoint(path)
+        path = checkpoints.resolve(self.cfg.checkpoint or os.path.join(self.cfg.model_dir, "pretrain"))
+        if not path:
+            raise SSLTFError(f"--ft_proj_selector={layers}: no pretraining checkpoint holding the projection head in "
+                             f"{self.cfg.checkpoint or self.cfg.model_dir}")
         name = "projector" if getattr(method, "projector", None) is head else "head"
         tf.train.Checkpoint(model=tf.train.Checkpoint(**{name: head})).read(path).expect_partial() \
             .assert_existing_objects_matched()
@@ -415,7 +450,7 @@ class Runner:
         summary.update(top1=self.classifier_top1(model), label_fraction=c.label_fraction, num_labelled=len(train),
                        proj_selector=c.ft_proj_selector, fine_tune_after_block=c.fine_tune_after_block,
                        frozen_layers=len(frozen),
-                       classifier=export_classifier(model, os.path.join(c.model_dir, "classifier"), c.image_size))
+                       classifier=self._write_export(export_classifier, model, "classifier"))
         self.results.setdefault("finetune", {})[fraction] = summary
         self._save_results()
         return summary
@@ -426,9 +461,10 @@ class Runner:
         predictions, optionally mixed with the labels (--distill_alpha)."""
         c = self.cfg
         path = c.teacher or os.path.join(c.model_dir, "classifier")
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb); run --mode=finetune "
-                             "first or pass --teacher=DIR written by it")
+        if not (path.endswith(".keras") and os.path.isfile(path)) and \
+                not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb) nor a .keras file; run "
+                             "--mode=finetune first or pass --teacher=DIR written by it")
         train = self._fraction_labelled_train()
         batch, make_optimizer = self._classifier_training(len(train))
 
@@ -447,12 +483,17 @@ class Runner:
         return summary
 
     def export(self):
-        path = export_encoder(self.encoder(), os.path.join(self.cfg.model_dir, "export"), self.cfg.image_size)
+        path = self._write_export(export_encoder, self.encoder(), "export")
         out = {"path": path, "feature_dim": int(self.encoder().output_shape[-1]),
                "signatures": ["serving_default", "serve_bytes"]}
         self.results["export"] = out
         self._save_results()
         return out
+
+    def _write_export(self, write, model, name: str) -> str:
+        """``write`` ``model`` to ``model_dir/name`` (atomically); other workers than the chief skip."""
+        path = os.path.join(self.cfg.model_dir, name)
+        return write(model, path, self.cfg.image_size) if self.is_chief else path
 
     def report(self):
         """A Markdown table of --report_runs (default: this model_dir, or its subdirectories)."""
@@ -502,6 +543,46 @@ class Runner:
 
 
 COLLAPSE_STD = 0.1   # embedding_std below this (1 = spread out on the sphere, 0 = one point): collapsed
+
+
+class _PreemptionNotice:
+    """SIGTERM (a scheduler's preemption notice) during training: finish the step, save, stop.
+
+    One process only: under multi-worker training the workers could see the signal at different
+    steps and deadlock in the save, so there the interval checkpoints are the recovery point.
+    """
+
+    def __init__(self, enabled: bool):
+        import signal
+        import threading
+        self.received, self._previous = None, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = "SIGTERM"
+
+    def restore(self):
+        import signal
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _parents(path: str, levels: int):
+    path = os.path.abspath(path)
+    for _ in range(levels):
+        path = os.path.dirname(path)
+        yield path
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of every variable of ``model`` (bitwise; equal on workers trained in lockstep)."""
+    digest = hashlib.sha256()
+    for v in sorted(model.weights, key=lambda v: v.path):
+        digest.update(v.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v.value)).tobytes())
+    return digest.hexdigest()
 
 
 def collapse_warning(epoch_means: dict) -> str | None:

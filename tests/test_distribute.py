@@ -130,3 +130,12 @@ def test_make_strategy_choices_and_errors(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(SSLTFError, match="TF_CONFIG"):
         distribute.make_strategy("multi_worker")
+
+
+def test_tpu_strategy_without_a_tpu_fails_fast_with_one_line(monkeypatch):
+    import time
+    for name in (None, "no-such-tpu-xyz", "grpc://localhost:1"):
+        t0 = time.time()
+        with pytest.raises(SSLTFError, match="no TPU found") as e:
+            distribute.make_strategy("tpu", name)
+        assert "\n" not in str(e.value) and time.time() - t0 < 60, name

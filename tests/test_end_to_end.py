@@ -20,8 +20,8 @@ def test_pretrain_resume_then_every_eval_mode(cli, tmp_path):
     first = cli("--mode=pretrain", "--max_steps=3", f"--model_dir={model_dir}", *TINY)
     assert first.returncode == 0, first.stderr[-3000:]
     assert _results(model_dir)["pretrain"]["steps"] == 3
-    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-2.index"))
-    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-3.index"))
+    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-2", "ckpt.index"))
+    assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-3", "ckpt.index"))
     assert any(f.startswith("events.out") for f in os.listdir(os.path.join(model_dir, "logs", "pretrain")))
 
     # "interrupted" at step 3 of 12 (96 images / batch 16 x 2 epochs): the same command with a later stop resumes, not restarts
@@ -144,7 +144,8 @@ def test_dino_on_vit_tiny_resumes_evaluates_the_teacher_and_exports(cli, tmp_pat
     assert 0.04 < res["pretrain"]["final"]["teacher_temperature"] < 0.07
     assert 0 <= res["knn"]["top1"] <= 100 and res["export"]["feature_dim"] == 48
     import tensorflow as tf
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "pretrain"))
+    from ssl_tf import checkpoints
+    reader = tf.train.load_checkpoint(checkpoints.latest(os.path.join(model_dir, "pretrain")))
     names = [n for n in reader.get_variable_to_shape_map() if "center" in n or "teacher_encoder" in n]
     assert any("center" in n for n in names) and any("teacher_encoder" in n for n in names)
     loaded = tf.saved_model.load(res["export"]["path"])

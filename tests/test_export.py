@@ -79,3 +79,42 @@ def test_export_replaces_previous_atomically(tmp_path):
     export_encoder(encoder, str(target), 16)
     assert (target / "saved_model.pb").stat().st_mtime_ns >= first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]   # no temp or old dirs left behind
+
+
+def test_feature_extractor_checks_inputs_with_one_line_errors(tmp_path):
+    import pytest
+    from ssl_tf.errors import SSLTFError
+    from ssl_tf.export import load_feature_extractor
+    keras.utils.set_random_seed(3)
+    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
+    fx = load_feature_extractor(path)
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    want = encoder(u8.astype(np.float32) / 255.0, training=False).numpy()
+    np.testing.assert_allclose(fx(u8), want, atol=1e-5)                 # uint8 is scaled to [0, 1]
+    np.testing.assert_allclose(fx(u8[0]), want[:1], atol=1e-5)           # one image
+    bad = {"shape": np.zeros((2, 16, 16, 4), np.float32), "height": np.zeros((1, 4, 16, 3), np.float32),
+           "dtype int64": np.zeros((1, 16, 16, 3), np.int64), "span": np.full((1, 16, 16, 3), 200.0),
+           "shape ": np.zeros((16, 16), np.float32), "NaN": np.full((1, 16, 16, 3), np.nan, np.float32)}
+    for what, x in bad.items():
+        with pytest.raises(SSLTFError) as e:
+            fx(x)
+        assert "\n" not in str(e.value) and str(tmp_path) in str(e.value), what
+    with pytest.raises(SSLTFError, match="encoded image 1 cannot be decoded"):
+        buf = io.BytesIO()
+        Image.fromarray(u8[0]).save(buf, format="PNG")
+        fx.from_bytes([buf.getvalue(), b"not an image"])
+    with pytest.raises(SSLTFError, match="not a SavedModel"):
+        load_feature_extractor(str(tmp_path / "nothing"))
+
+
+def test_an_export_killed_between_renames_is_recovered(tmp_path):
+    import os
+    from ssl_tf.export import load_feature_extractor
+    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
+    os.replace(path, path + ".old-12345")          # the state a kill -9 between the two renames leaves
+    os.makedirs(path + ".tmp-12345")               # and a half-written new export
+    fx = load_feature_extractor(path)
+    assert fx(np.zeros((1, 16, 16, 3), np.uint8)).shape == (1, encoder.output_shape[-1])
+    assert sorted(os.listdir(tmp_path)) == ["export"]

@@ -288,3 +288,26 @@ def test_report_table_reads_results_files(tmp_path):
     assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["a", "simclr", "resnet18×0.5", "2", "256", "41.23", "–",
                                                               "35.00", "20.00", "30.50", "100.5"]
     assert [c.strip() for c in lines[3].split("|")[1:-1]][6] == "50.00"
+
+
+def test_keras_teacher_files_load_only_in_safe_mode(tmp_path):
+    import keras
+    import pytest
+    from ssl_tf.errors import SSLTFError
+    from ssl_tf.methods import load_teacher
+    inputs = keras.Input((8, 8, 3))
+    safe = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    safe.save(tmp_path / "safe.keras")
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    teacher = load_teacher(str(tmp_path / "safe.keras"))
+    np.testing.assert_allclose(teacher(x), safe(x), atol=1e-6)
+    assert not teacher.trainable
+    # a Lambda layer holds Python bytecode: refused, never executed
+    unsafe = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs))
+    unsafe.save(tmp_path / "unsafe.keras")
+    with pytest.raises(SSLTFError, match="cannot be loaded safely") as e:
+        load_teacher(str(tmp_path / "unsafe.keras"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(SSLTFError, match="junk.keras"):
+        load_teacher(str(tmp_path / "junk.keras"))

@@ -124,6 +124,7 @@ def test_empty_folder_and_corrupt_image_errors_name_the_path(tmp_path):
     with pytest.raises(SSLTFError, match="holds no images"):
         sources.load_source(f"folder:{tmp_path}")
     _write_images(tmp_path / "a", 2)
+    _write_images(tmp_path / "b", 2)
     bad = tmp_path / "a" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(SSLTFError, match="broken.png") as e:
@@ -151,3 +152,93 @@ def test_tfds_offline_fails_fast_with_data_dir_hint(monkeypatch, tmp_path):
         sources.load_source("tfds:mnist", data_dir=str(tmp_path))
     with pytest.raises(SSLTFError, match="unknown tfds dataset"):
         sources.load_source("tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
+
+
+def test_npz_corrupt_truncated_and_bad_labels_are_one_line_errors(tmp_path):
+    good = _npz(tmp_path)
+    cases = {"random.npz": os.urandom(300), "empty.npz": b"", "truncated.npz": open(good, "rb").read()[:200]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SSLTFError, match="not a readable .npz") as e:
+            sources.load_source(f"npz:{tmp_path / name}")
+        assert name in str(e.value) and "\n" not in str(e.value)
+    path = _npz(tmp_path, "neg.npz", labels=np.array([-3] + [0] * 39))
+    with pytest.raises(SSLTFError, match="value -3"):
+        sources.load_source(f"npz:{path}")
+    path = _npz(tmp_path, "float_labels.npz", labels=np.zeros(40, np.float32))
+    with pytest.raises(SSLTFError, match="expected 40 integers"):
+        sources.load_source(f"npz:{path}")
+
+
+def _bad_files(folder):
+    """A truncated JPEG, a corrupt PNG, a zero-byte file and a text file named like an image, plus a
+    text file without an image extension — all inside a class folder."""
+    buf = open(os.path.join(folder, "0.jpg"), "rb").read()
+    (folder / "truncated.jpg").write_bytes(buf[:len(buf) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.jpeg").write_text("hello")
+    (folder / "labels.csv").write_text("a,b")
+    return ["truncated.jpg", "corrupt.png", "zero.png", "text.jpeg", "labels.csv"]
+
+
+def test_folder_bad_files_are_one_line_errors_or_counted_skips(tmp_path):
+    _write_images(tmp_path / "a", 3, "RGB", "jpg", size=(40, 40))
+    _write_images(tmp_path / "b", 2, "RGB", "png")
+    names = _bad_files(tmp_path / "a")
+    for name in names:   # each bad file alone is named in a one-line error
+        others = [n for n in names if n != name]
+        for n in others:
+            os.rename(tmp_path / "a" / n, tmp_path / ("." + n))   # hidden files are ignored
+        with pytest.raises(SSLTFError, match="skip_bad_images") as e:
+            sources.load_source(f"folder:{tmp_path}")
+        assert name in str(e.value) and "\n" not in str(e.value)
+        for n in others:
+            os.rename(tmp_path / ("." + n), tmp_path / "a" / n)
+    logs = []
+    tr, _ = sources.load_source(f"folder:{tmp_path}", skip_bad_images=True, log=logs.append)
+    assert len(tr) == 5 and tr.skipped == 5 and tr.labels.tolist() == [0, 0, 0, 1, 1]
+    assert any("skipped 5" in line for line in logs)
+    splits = sources.load_dataset(f"folder:{tmp_path}", skip_bad_images=True, log=logs.append)
+    assert len(splits.train) + len(splits.eval) == 5
+
+
+def test_folder_converts_cmyk_16bit_grayscale_palette_and_alpha(tmp_path):
+    d = tmp_path / "a"
+    d.mkdir()
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(d / "cmyk.jpg")                  # no ink: white
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(d / "gray16.png")      # 16-bit white
+    Image.fromarray(np.full((8, 8), 100, np.uint8), "L").save(d / "gray.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(d / "transparent.png")         # composited on white
+    Image.new("P", (8, 8), 0).save(d / "palette.gif")
+    _write_images(tmp_path / "b", 1)
+    tr, _ = sources.load_source(f"folder:{tmp_path}")
+    assert tr.images.dtype == np.uint8 and tr.images.shape[-1] == 3 and len(tr) == 6
+    by_name = dict(zip(sorted(os.listdir(d)), tr.images[:5]))
+    assert by_name["cmyk.jpg"].min() >= 250
+    assert (by_name["gray16.png"] == 255).all()
+    assert (by_name["gray.png"] == 100).all()
+    assert (by_name["transparent.png"] == 255).all()
+
+
+def test_folder_with_one_class_or_images_beside_classes_is_an_error(tmp_path):
+    _write_images(tmp_path / "only", 3)
+    with pytest.raises(SSLTFError, match="one class subfolder"):
+        sources.load_source(f"folder:{tmp_path}")
+    _write_images(tmp_path / "other", 2)
+    Image.new("RGB", (10, 12)).save(tmp_path / "stray.png")
+    with pytest.raises(SSLTFError, match="stray.png lies beside the class subfolders"):
+        sources.load_source(f"folder:{tmp_path}")
+    logs = []
+    tr, _ = sources.load_source(f"folder:{tmp_path}", skip_bad_images=True, log=logs.append)
+    assert len(tr) == 5 and tr.skipped == 1
+
+
+def test_label_fraction_never_leaves_a_class_empty():
+    from ssl_tf.data import subsets
+    labels = np.repeat(np.arange(7), [1, 2, 3, 50, 5, 8, 100])
+    for fraction in (0.001, 0.01, 0.1):
+        kept = subsets.label_fraction(labels, fraction, seed=1)
+        assert set(labels[kept]) == set(range(7))
+    tr, va = subsets.stratified_split(labels, 0.5, seed=0)
+    assert set(labels[tr]) == set(range(7))   # a class of one example stays in train

@@ -178,13 +178,16 @@ def random_rotate(image, seed, max_angle: float):
 
 # The green-magenta axis of RGB space: the colour direction that chromatic aberration shifts
 # between the centre and the border of a lens (Doersch et al. 2015, section 3.1).
-_GREEN_MAGENTA = tf.constant([-1.0, 2.0, -1.0]) / tf.sqrt(6.0)
+# A plain tuple: a module-level tensor would initialise TensorFlow at import, before a
+# MultiWorkerMirroredStrategy can configure its collectives.
+_GREEN_MAGENTA = tuple(v / 6.0 ** 0.5 for v in (-1.0, 2.0, -1.0))
 
 
 def project_out_green_magenta(image):
     """Remove each pixel's component along the green-magenta axis (Doersch et al.'s projection)."""
-    along = tf.reduce_sum(image * _GREEN_MAGENTA, -1, keepdims=True)
-    return tf.clip_by_value(image - along * _GREEN_MAGENTA, 0.0, 1.0)
+    axis = tf.constant(_GREEN_MAGENTA, image.dtype)
+    along = tf.reduce_sum(image * axis, -1, keepdims=True)
+    return tf.clip_by_value(image - along * axis, 0.0, 1.0)
 
 
 def chromatic_guard(image, seed, grayscale_p: float = 0.66):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import zipfile
 from typing import Callable
 
 import numpy as np
@@ -35,6 +36,7 @@ class Examples:
     images: np.ndarray | None = None                 # in memory: [N, H, W, 3] uint8
     stream: Callable[[], "tf.data.Dataset"] | None = None  # streamed: (image, label) in source order
     keep: np.ndarray | None = None                   # streamed subset: sorted source indices
+    skipped: int = 0                                 # bad files skipped by --skip_bad_images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,7 +91,8 @@ def parse_spec(spec: str, flag: str = "--dataset") -> tuple[str, str]:
 
 
 def load_source(spec: str, *, flag: str = "--dataset", data_dir: str | None = None, seed: int = 0,
-                image_size: int | None = None) -> tuple[Examples, Examples | None]:
+                image_size: int | None = None, skip_bad_images: bool = False,
+                log=print) -> tuple[Examples, Examples | None]:
     """Return (train, eval-or-None) for one spec. ``eval`` is the source's own held-out split."""
     kind, arg = parse_spec(spec, flag)
     if kind == "shapes":
@@ -97,23 +100,29 @@ def load_source(spec: str, *, flag: str = "--dataset", data_dir: str | None = No
     if kind == "npz":
         return _load_npz(arg, flag), None
     if kind == "folder":
-        return _load_folder(arg, flag, image_size), None
+        return _load_folder(arg, flag, image_size, skip_bad_images, log), None
     return _load_tfds(arg, flag, data_dir)
 
 
 def load_dataset(spec: str, *, eval_spec: str | None = None, data_dir: str | None = None,
-                 val_fraction: float = 0.1, seed: int = 0, image_size: int | None = None) -> DatasetSplits:
+                 val_fraction: float = 0.1, seed: int = 0, image_size: int | None = None,
+                 skip_bad_images: bool = False, log=print) -> DatasetSplits:
     """Train split of ``spec`` and an eval split: ``eval_spec``'s data, else the source's own
     held-out split, else a stratified ``val_fraction`` carved from train with ``seed``."""
-    train, held = load_source(spec, data_dir=data_dir, seed=seed, image_size=image_size)
+    train, held = load_source(spec, data_dir=data_dir, seed=seed, image_size=image_size,
+                              skip_bad_images=skip_bad_images, log=log)
     if eval_spec:
         ev_train, ev_held = load_source(eval_spec, flag="--eval_dataset", data_dir=data_dir,
-                                        seed=seed + 1, image_size=image_size)
+                                        seed=seed + 1, image_size=image_size, skip_bad_images=skip_bad_images,
+                                        log=log)
         held = ev_held if ev_held is not None else ev_train
         if not held.labelled:
             raise SSLTFError(f"--eval_dataset={eval_spec}: has no labels; an evaluation set needs labels")
     elif held is None and train.labelled:
         tr, va = subsets.stratified_split(train.labels, val_fraction, seed)
+        if len(va) == 0:
+            raise SSLTFError(f"--dataset={spec}: {len(train)} labelled images, too few to carve a validation split "
+                             f"of --val_fraction={val_fraction} (no class has 2 images); pass --eval_dataset")
         train, held = train.subset(tr, train.name + "[train]"), train.subset(va, train.name + "[val]")
     num_classes = max(train.num_classes, held.num_classes if held is not None else 0)
     return DatasetSplits(train=train, eval=held, num_classes=num_classes)
@@ -142,6 +151,11 @@ def _load_npz(path: str, flag: str) -> Examples:
     where = f"{flag}=npz:{path}"
     if not os.path.isfile(path):
         raise SSLTFError(f"{where}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK":   # .npz is a zip archive; never hand anything else to np.load
+        raise SSLTFError(f"{where}: not a readable .npz file (not a zip archive of arrays; write it with "
+                         "np.savez(path, images=..., labels=...))")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
@@ -154,8 +168,9 @@ def _load_npz(path: str, flag: str) -> Examples:
         raise
     except ValueError as e:  # object arrays refuse to load without pickle
         raise SSLTFError(f"{where}: cannot be read without pickle ({e}); save plain numeric arrays") from None
-    except (OSError, EOFError) as e:
-        raise SSLTFError(f"{where}: not a readable .npz file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise SSLTFError(f"{where}: not a readable .npz file ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'empty'})") from None
     if images.dtype != np.uint8:
         raise SSLTFError(f"{where}: 'images' has dtype {images.dtype}; expected uint8 in [0, 255]")
     if images.ndim == 3:
@@ -171,6 +186,9 @@ def _load_npz(path: str, flag: str) -> Examples:
             raise SSLTFError(f"{where}: 'labels' has shape {labels.shape} and dtype {labels.dtype}; expected "
                              f"{len(images)} integers (one per image)")
         labels = labels.astype(np.int64)
+        if len(labels) and labels.min() < -1:
+            raise SSLTFError(f"{where}: 'labels' has the value {labels.min()}; expected class indices >= 0 "
+                             "(or -1 for an unlabelled image)")
     return Examples(f"npz:{os.path.basename(path)}", labels, int(labels.max()) + 1 if len(labels) else 0,
                     images=np.ascontiguousarray(images))
 
@@ -178,22 +196,29 @@ def _load_npz(path: str, flag: str) -> Examples:
 # ----------------------------------------------------------------------------- folder
 
 def _read_image(path: str, flag: str) -> np.ndarray:
+    """Decode any PIL-readable file to uint8 RGB: alpha composited on white, palette, grayscale,
+    CMYK and 16-bit images converted. Never executes or unpickles anything."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA", "P", "PA"):
+            if im.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La"):
                 im = im.convert("RGBA")
                 canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(canvas, im)
-            elif im.mode.startswith("I;16") or im.mode == "I":
+            elif im.mode.startswith("I;16") or im.mode in ("I", "F"):
                 arr = np.asarray(im, dtype=np.float64)
                 scale = 65535.0 if arr.max() > 255 else 255.0
                 im = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).astype(np.uint8))
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise SSLTFError(f"{flag}: cannot decode image file {path} ({e.__class__.__name__}: {e}); "
-                         "accepted: readable JPEG/PNG/BMP/GIF files") from None
+            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise SSLTFError(f"{flag}: cannot decode image file {path} ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'empty'}); accepted: readable JPEG/PNG/BMP/GIF "
+                         "files, or pass --skip_bad_images to skip such files") from None
+    if image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise SSLTFError(f"{flag}: image file {path} has no pixels (shape {image.shape}); "
+                         "pass --skip_bad_images to skip such files")
+    return image
 
 
 def _fit(image: np.ndarray, size: int) -> np.ndarray:
@@ -207,30 +232,68 @@ def _fit(image: np.ndarray, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size]
 
 
-def _load_folder(path: str, flag: str, image_size: int | None) -> Examples:
+def _load_folder(path: str, flag: str, image_size: int | None, skip_bad_images: bool = False,
+                 log=print) -> Examples:
+    """Class subfolders (labels in sorted order) or a flat folder of images (unlabelled).
+
+    Hidden files are ignored. Any other file that is not a readable image stops the load with a
+    one-line error naming it — or, with ``skip_bad_images``, is skipped and counted.
+    """
     where = f"{flag}=folder:{path}"
     if not os.path.isdir(path):
         raise SSLTFError(f"{where}: no such directory")
-    entries = sorted(os.listdir(path))
-    classes = [e for e in entries if os.path.isdir(os.path.join(path, e)) and not e.startswith(".")]
-    files: list[tuple[str, int]] = []
+    entries = sorted(e for e in os.listdir(path) if not e.startswith("."))
+    classes = [e for e in entries if os.path.isdir(os.path.join(path, e))]
+    candidates: list[tuple[str, int]] = []
     if classes:
+        if len(classes) == 1:
+            raise SSLTFError(f"{where}: has one class subfolder ('{classes[0]}'); a labelled folder needs >= 2 "
+                             "classes — for unlabelled images put the files directly in the folder")
+        stray = [e for e in entries if e not in classes]
+        # Images beside the class folders have no class: an error. Other files there (README,
+        # label lists) are metadata: ignored, and said.
+        candidates += [(os.path.join(path, e), -2) for e in stray if e.lower().endswith(IMAGE_EXTENSIONS)]
+        others = [e for e in stray if not e.lower().endswith(IMAGE_EXTENSIONS)]
+        if others:
+            log(f"{where}: ignored {len(others)} non-image file(s) beside the class folders: {', '.join(others[:3])}")
         for k, c in enumerate(classes):
             for f in sorted(os.listdir(os.path.join(path, c))):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append((os.path.join(path, c, f), k))
+                if not f.startswith("."):
+                    candidates.append((os.path.join(path, c, f), k))
     else:
-        files = [(os.path.join(path, f), -1) for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-        raise SSLTFError(f"{where}: holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither directly "
+        candidates = [(os.path.join(path, f), -1) for f in entries]
+    images, labels, skipped = [], [], []
+    for file, label in candidates:
+        try:
+            if label == -2:
+                raise SSLTFError(f"{where}: image {file} lies beside the class subfolders, so it has no class; "
+                                 "move it into one or pass --skip_bad_images")
+            if os.path.isdir(file):
+                raise SSLTFError(f"{where}: {file} is a directory inside a class folder; class folders hold "
+                                 "image files only (or pass --skip_bad_images)")
+            if not file.lower().endswith(IMAGE_EXTENSIONS):
+                raise SSLTFError(f"{where}: {file} is not an image file (accepted extensions: "
+                                 f"{', '.join(IMAGE_EXTENSIONS)}); remove it or pass --skip_bad_images")
+            images.append(_read_image(file, flag))
+            labels.append(label)
+        except SSLTFError:
+            if not skip_bad_images:
+                raise
+            skipped.append(file)
+    if skipped:
+        log(f"{where}: skipped {len(skipped)} unreadable or non-image file(s) (--skip_bad_images), e.g. {skipped[0]}")
+    if not images:
+        raise SSLTFError(f"{where}: holds no images that can be read ({', '.join(IMAGE_EXTENSIONS)}), neither directly "
                          "nor in class subfolders")
-    images = [_read_image(f, flag) for f, _ in files]
+    if classes and len(set(labels)) < 2:
+        raise SSLTFError(f"{where}: only class '{classes[labels[0]]}' has readable images; a labelled folder "
+                         "needs >= 2 classes")
     if len({im.shape for im in images}) > 1:
         size = image_size or min(min(im.shape[:2]) for im in images)
         images = [_fit(im, size) for im in images]
-    labels = np.array([k for _, k in files], np.int64)
-    return Examples(f"folder:{os.path.basename(os.path.normpath(path))}", labels,
-                    len(classes), images=np.stack(images))
+    labels_arr = np.array(labels, np.int64)
+    return Examples(f"folder:{os.path.basename(os.path.normpath(path))}", labels_arr, len(classes),
+                    images=np.stack(images), skipped=len(skipped))
 
 
 # ----------------------------------------------------------------------------- tfds

@@ -12,13 +12,16 @@ interrupted export never leaves a half-written model where a complete one was.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ssl_tf.data import views
+from ssl_tf.errors import SSLTFError
 
 
 def export_encoder(encoder: keras.Model, path: str, image_size: int) -> str:
@@ -50,6 +53,7 @@ def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
     archive.add_endpoint("serve_bytes", from_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
     path = os.path.abspath(path)
+    _recover(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)
@@ -59,3 +63,76 @@ def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _recover(path: str) -> None:
+    """A kill between moving the previous export aside and moving the new one in leaves only
+    ``path.old-PID``: put it back (the new one is redone by the next run)."""
+    for leftover in glob.glob(f"{path}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    olds = sorted(glob.glob(f"{path}.old-*"), key=os.path.getmtime)
+    if olds and not os.path.exists(path):
+        os.replace(olds[-1], path)
+    for leftover in glob.glob(f"{path}.old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+class FeatureExtractor:
+    """An exported encoder (or classifier) with its inputs checked: one-line errors instead of
+    TensorFlow's signature mismatch tracebacks.
+
+    ``extractor(images)``: uint8 in [0, 255] or float in [0, 1], [batch, height, width, 3] or one
+    [height, width, 3] image -> the ``features`` (or ``logits``) array. ``extractor.from_bytes(list)``:
+    encoded JPEG/PNG/BMP/GIF images.
+    """
+
+    MIN_SIDE = 8
+
+    def __init__(self, path: str):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            _recover(os.path.abspath(path))
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise SSLTFError(f"export {path}: not a SavedModel directory (no saved_model.pb); "
+                             "write one with --mode=export")
+        self.path = path
+        self.model = tf.saved_model.load(path)
+        self.output = next(iter(self.model.signatures["serving_default"].structured_outputs))
+
+    def __call__(self, images) -> np.ndarray:
+        x = images.numpy() if isinstance(images, tf.Tensor) else np.asarray(images)
+        where = f"export {self.path}: input"
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        elif np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+            if not np.isfinite(x).all():
+                raise SSLTFError(f"{where} holds NaN or Inf values")
+            if x.size and (x.max() > 1.0 + 1e-3 or x.min() < -1e-3):
+                raise SSLTFError(f"{where} floats span [{x.min():.3g}, {x.max():.3g}]; expected [0, 1] "
+                                 "(divide by 255, or pass uint8)")
+        else:
+            raise SSLTFError(f"{where} has dtype {x.dtype}; accepted: uint8 in [0, 255] or float in [0, 1]")
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < self.MIN_SIDE or x.shape[0] == 0:
+            raise SSLTFError(f"{where} has shape {tuple(np.shape(images))}; expected [batch, height, width, 3] "
+                             f"(or [height, width, 3]) RGB with height, width >= {self.MIN_SIDE} and batch >= 1")
+        return self.model.serve(tf.constant(x))[self.output].numpy() if hasattr(self.model, "serve") else \
+            self.model.signatures["serving_default"](images=tf.constant(x))[self.output].numpy()
+
+    def from_bytes(self, encoded) -> np.ndarray:
+        encoded = list(encoded)
+        if not encoded or not all(isinstance(e, (bytes, bytearray)) for e in encoded):
+            raise SSLTFError(f"export {self.path}: from_bytes expects a non-empty list of encoded image bytes")
+        for i, data in enumerate(encoded):
+            try:
+                tf.io.decode_image(bytes(data), channels=3, expand_animations=False)
+            except (tf.errors.InvalidArgumentError, ValueError) as e:
+                raise SSLTFError(f"export {self.path}: encoded image {i} cannot be decoded "
+                                 f"({str(e).splitlines()[0][:120]}); accepted: JPEG/PNG/BMP/GIF bytes") from None
+        out = self.model.signatures["serve_bytes"](encoded=tf.constant([bytes(e) for e in encoded]))
+        return out[self.output].numpy()
+
+
+def load_feature_extractor(path: str) -> FeatureExtractor:
+    return FeatureExtractor(path)

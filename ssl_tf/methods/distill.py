@@ -9,13 +9,25 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import cross_entropy, distillation_loss
 from ssl_tf.methods.base import Objective
 from ssl_tf.methods.supervised import Classifier
 
 
 def load_teacher(path: str) -> keras.layers.Layer:
-    """A classifier SavedModel (``export_classifier``) as a frozen layer: images -> logits."""
+    """A classifier as a frozen layer, images -> logits: a SavedModel (``export_classifier``) or a
+    ``.keras`` file, which is loaded with ``safe_mode=True`` (no Python lambdas are deserialised).
+    Both run the model's own graph: load only teachers from sources you trust."""
+    if path.endswith(".keras"):
+        try:
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as e:  # noqa: BLE001 — Keras raises ValueError, TypeError, OSError, zip errors…
+            raise SSLTFError(f"--teacher={path}: cannot be loaded safely ({str(e).splitlines()[0][:200]}); "
+                             "accepted: a .keras classifier without Lambda layers, or a SavedModel "
+                             "written by --mode=finetune") from None
+        model.trainable = False
+        return model
     return keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False, name="teacher")
 
 

@@ -42,6 +42,20 @@ class Lightness(keras.layers.Layer):
         return (*input_shape[:-1], 1)
 
 
+@keras.saving.register_keras_serializable("ssl_tf")
+class ChannelSplit(keras.layers.Layer):
+    """Split the channels into two halves (RevNet's x1, x2); a named layer, so networks holding it
+    clone and deserialise without Python lambdas (safe_mode)."""
+
+    def call(self, x):
+        half = x.shape[-1] // 2
+        return x[..., :half], x[..., half:]
+
+    def compute_output_shape(self, shape):
+        half = shape[-1] // 2
+        return tuple(shape[:-1]) + (half,), tuple(shape[:-1]) + (shape[-1] - half,)
+
+
 def bn(name, sync):
     return BatchNorm(sync=sync, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ssl_tf.models.layers import bn, channels, conv, image_input
+from ssl_tf.models.layers import ChannelSplit, bn, channels, conv, image_input
 from ssl_tf.models.resnet import preact_residual, stem
 
 COUNTS = (3, 4, 6, 3)
@@ -31,7 +31,7 @@ def _residual_fn(x, filters, out_channels, name, sync):
 
 def reversible_unit(x, filters, name, sync):
     half = x.shape[-1] // 2
-    x1, x2 = layers.Lambda(lambda t: (t[..., :half], t[..., half:]), name=f"{name}_split")(x)
+    x1, x2 = ChannelSplit(name=f"{name}_split")(x)
     y1 = layers.Add(name=f"{name}_y1")([x1, _residual_fn(x2, filters // 2, half, f"{name}_f", sync)])
     y2 = layers.Add(name=f"{name}_y2")([x2, _residual_fn(y1, filters // 2, half, f"{name}_g", sync)])
     return layers.Concatenate(name=f"{name}_out")([y1, y2])
