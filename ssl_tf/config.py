@@ -314,7 +314,9 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
         choices = f.metadata.get("choices")
         if choices and getattr(c, f.name) not in choices:
             raise SSLTFError(f"--{f.name}={getattr(c, f.name)}: unknown; accepted: {', '.join(choices)}")
-    _check(c.image_size >= 8, "image_size", c.image_size, "must be >= 8")
+    _check(c.image_size >= 8, "image_size", c.image_size,
+           "must be >= 8" + (f" (the dataset's images are {c.image_size} px: pass --image_size=16 or more to "
+                             "upscale them)" if cfg.image_size is None else ""))
     _check(c.width > 0, "width", c.width, "must be > 0")
     _check(c.batch_size >= 2, "batch_size", c.batch_size, "must be >= 2 (contrastive losses need pairs)")
     _check(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")

@@ -265,3 +265,24 @@ def test_the_package_never_unpickles_evals_or_shells_out():
                 hits += [f"{name}: {m.group(0)}" for m in pattern.finditer(text)]
     assert not hits, hits
     assert "allow_pickle=False" in open(os.path.join(ROOT, "ssl_tf", "data", "sources.py")).read()
+
+
+def test_images_smaller_than_the_crop_are_upscaled_and_the_batch_must_split_over_replicas(tmp_path):
+    from ssl_tf import config as config_lib
+    from ssl_tf.errors import SSLTFError
+    from ssl_tf.runner import Runner
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8), labels=np.arange(40) % 2)
+    base = dict(mode="pretrain", dataset=f"npz:{path}", width=0.0625, batch_size=8, epochs=1, max_steps=1,
+                progress=False, plots=False, proj_dim=8, head_hidden=8)
+    with pytest.raises(SSLTFError, match="images are 6 px: pass --image_size"):
+        Runner(config_lib.Config(model_dir=str(tmp_path / "a"), **base), log=lambda *a: None)
+    for method in ("simclr", "jigsaw"):   # random resized crops and 3×3 patch grids of 6-px images
+        runner = Runner(config_lib.Config(method=method, image_size=16, model_dir=str(tmp_path / method), **base),
+                        log=lambda *a: None)
+        summary = runner.pretrain()
+        assert summary["steps"] == 1 and np.isfinite(summary["final"]["loss"])
+    with pytest.raises(SSLTFError, match="divisible by the 2 replicas"):   # --batch_size is global
+        Runner(config_lib.Config(image_size=16, strategy="mirrored", model_dir=str(tmp_path / "m"),
+                                 **{**base, "batch_size": 7}), log=lambda *a: None)
