@@ -35,21 +35,28 @@ def _checkpoint_values(directory):
 
 
 def _killed_and_resumed(args, model_dir, rng, kills, total):
-    """Run ``args``; ``kills`` times SIGKILL it at a random moment — 0-2 s after it saved a new
-    checkpoint (after it started, once training is complete: a kill during evaluation) — and restart
-    the same command; finally let it finish. Returns the outcome of each launch."""
+    """Run ``args``; ``kills`` times SIGKILL it and restart the same command; finally let it finish.
+    The moments are random but tied to progress, not to wall-clock (a fast machine would otherwise
+    finish before the kill): all but the last kill land 0-0.1 s after a randomly chosen training
+    checkpoint well before the end; the last lands 0-2 s after any new checkpoint, which may be the
+    final one (a kill during evaluation). Returns the outcome of each launch."""
     outcomes = []
     ckpt_dir = os.path.join(model_dir, "pretrain")
     while True:
         before = (checkpoints.steps(ckpt_dir) or [0])[-1]
         proc = _popen(args + [f"--model_dir={model_dir}"])
-        if sum(o[0] == "killed" for o in outcomes) < kills:
+        done = sum(o[0] == "killed" for o in outcomes)
+        if done < kills:
+            if done < kills - 1:   # during training: a checkpoint at least 10 steps before the end
+                target, delay = int(rng.integers(before + 1, max(before + 2, total - 10))), rng.uniform(0.0, 0.1)
+            else:
+                target, delay = before + 1, rng.uniform(0.0, 2.0)
             header = proc.stdout.readline()   # printed once the data is loaded, before training
             deadline = time.time() + 120
             while (before < total and proc.poll() is None and time.time() < deadline
-                   and (checkpoints.steps(ckpt_dir) or [0])[-1] <= before):
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 2.0))
+                   and (checkpoints.steps(ckpt_dir) or [0])[-1] < target):
+                time.sleep(0.01)
+            time.sleep(delay)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
