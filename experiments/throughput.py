@@ -2,6 +2,8 @@
 
     python experiments/throughput.py                                  # ResNet-18, batch 256, 32 px
     python experiments/throughput.py --methods simclr --width 0.25 --batch 64 --steps 5
+    python experiments/throughput.py --overrides '{"precision": "mixed_bfloat16"}'   # a lever
+    python experiments/throughput.py --methods simclr --no_torch --tf_only floor --threads 2,1
     pip install /path/to/torch-2.13.0+cpu-...whl                      # optional, benchmark only
 
 For each method it measures, each in a fresh subprocess and alternating the frameworks round
@@ -63,6 +65,10 @@ def _tf_setup(args):
     sys.path.insert(0, ROOT)
     import numpy as np
     import tensorflow as tf
+    if args.threads:   # lever: intra,inter op thread pools (set before the first op)
+        intra, inter = (int(x) for x in args.threads.split(","))
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     from ssl_tf.config import Config
     from ssl_tf.data.sources import Examples
     from ssl_tf.methods import METHODS
@@ -104,7 +110,7 @@ def tf_worker(args) -> dict:
 
         def floor_step(crops):
             with tf.GradientTape() as tape:
-                loss = tf.add_n([tf.reduce_mean(encoder(x, training=True)) for x in crops])
+                loss = tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32)) for x in crops])
             grads = tape.gradient(loss, encoder.trainable_variables)
             opt.apply_gradients(zip(grads, encoder.trainable_variables))
             return loss
@@ -276,7 +282,8 @@ def torch_worker(args) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):   # lever, both sides
+            loss = loss_fn()
         loss.backward()
         opt.step()
         return loss
@@ -291,7 +298,8 @@ def torch_worker(args) -> dict:
 def run_worker(framework, what, method, args, spec=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", framework, "--what", what, "--method", method,
            "--width", str(args.width), "--batch", str(args.batch), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--jit", args.jit, "--overrides", args.overrides]
+           "--warmup", str(args.warmup), "--jit", args.jit, "--overrides", args.overrides,
+           "--threads", args.threads] + (["--torch_bf16"] if args.torch_bf16 else [])
     if spec is not None:
         cmd += ["--spec", json.dumps(spec)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -319,6 +327,11 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="alternations of the two frameworks per method")
     p.add_argument("--jit", default="auto", choices=("auto", "true", "false"))
     p.add_argument("--overrides", default="{}", help='JSON of Config fields, e.g. {"num_local_crops": 2}')
+    p.add_argument("--threads", default="", help="TF intra,inter op threads, e.g. 2,1 (default: TF's)")
+    p.add_argument("--tf_only", default="", help="comma list of TF measurements to run (floor,step); "
+                   "default both plus torch")
+    p.add_argument("--torch_bf16", action="store_true",
+                   help="PyTorch side under torch.autocast(bfloat16): the counterpart of --precision=mixed_bfloat16")
     p.add_argument("--no_torch", action="store_true")
     p.add_argument("--no_compile", action="store_true", help="skip torch.compile (minutes of compilation)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
@@ -346,13 +359,16 @@ def main():
         for _ in range(args.rounds):
             for name, fw, what in [("floor", "tf", "floor"), ("tf step", "tf", "step"),
                                    ("torch eager", "torch", "step"), ("torch compile", "torch", "step_compile")]:
+                if fw == "tf" and args.tf_only and what not in args.tf_only.split(","):
+                    continue
                 if fw == "torch" and (not have_torch or spec is None or (what == "step_compile" and args.no_compile)):
                     continue
                 r = run_worker(fw, what, method, args, spec)
                 if "views" in r and spec is None:
                     spec = {"batch": args.batch, "views": r["views"], "heads": heads_of(method, args)}
                 samples.setdefault(name, []).append(r)
-        samples["augment"] = [run_worker("tf", "augment", method, args)]
+        if not args.tf_only or "augment" in args.tf_only.split(","):
+            samples["augment"] = [run_worker("tf", "augment", method, args)]
         row = {"method": method, "backbone": f"resnet18×{args.width}", "batch": args.batch}
         for name, rs in samples.items():
             errors = [r["error"] for r in rs if "error" in r]

@@ -227,6 +227,10 @@ class Config:
     num_cpu_devices: int = _f(1, "Split the CPU into this many logical devices (mirrored training on a CPU host, tests).")
     jit_compile: str = _f("auto", "XLA-compile the train step: auto (off on CPU, where it measured slower; on for "
                                   "one GPU), true, false.", choices=JIT_CHOICES)
+    precision: str = _f("float32", "Compute type of the backbone: float32 or mixed_bfloat16 (CPUs with AVX-512 "
+                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here). "
+                                   "Variables, heads and losses stay float32.",
+                        choices=("float32", "mixed_bfloat16"))
     model_dir: Optional[str] = _f(None, "Run directory (default ./runs/<method>-<dataset>-<timestamp>); "
                                         "an existing one is resumed.")
     checkpoint: Optional[str] = _f(None, "Checkpoint to evaluate/export (default: the latest in --model_dir).")

@@ -79,7 +79,7 @@ class Runner:
     def build_encoder(self):
         c = self.model_cfg
         return build_backbone(c.backbone, width=c.width, image_size=c.image_size, synchronized_bn=c.global_bn,
-                              input_mode=METHODS[c.method].encoder_input)
+                              input_mode=METHODS[c.method].encoder_input, precision=c.precision)
 
     def augment_config(self) -> views.AugmentConfig:
         c = self.cfg
@@ -470,7 +470,7 @@ class Runner:
 
         def make_model():
             student = build_backbone(c.student_backbone, width=c.student_width, image_size=c.image_size,
-                                     synchronized_bn=self.model_cfg.global_bn)
+                                     synchronized_bn=self.model_cfg.global_bn, precision=c.precision)
             return Distiller(student, self.data.num_classes, load_teacher(path), temperature=c.distill_temperature,
                              alpha=c.distill_alpha)
         model, summary = self.fit(make_model, train, epochs=c.distill_epochs, global_batch=batch,

@@ -1,6 +1,7 @@
 """Backbone registry: ``--backbone`` name -> builder(width, image_size, synchronized_bn, input_mode)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -25,12 +26,38 @@ BACKBONES = {
 _REPRESENTATION = re.compile(r"^(stem|block\d+|pooled|fc\d+)$")
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")   # mixed_float16 would need loss scaling: not offered
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers constructed inside use the Keras dtype policy ``name``; the previous global policy is
+    restored on exit (the policy is captured when a layer is constructed)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synchronized_bn: bool = False,
-                   input_mode: str = "rgb") -> keras.Model:
+                   input_mode: str = "rgb", precision: str = "float32") -> keras.Model:
     """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features).
-    ``input_mode='lightness'``: the network sees only the L channel of its RGB input (colorization)."""
-    return BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
-                           input_mode=input_mode)
+    ``input_mode='lightness'``: the network sees only the L channel of its RGB input (colorization).
+    ``precision='mixed_bfloat16'``: the backbone computes in bfloat16 with
+    float32 variables, and its output is cast back to float32 — heads, losses and probes, built
+    outside, stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: unknown; accepted: {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        return BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
+                               input_mode=input_mode)
+    with dtype_policy(precision):
+        net = BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
+                              input_mode=input_mode)
+    out = keras.layers.Activation("linear", dtype="float32", name="float32_output")(net.output)
+    return keras.Model(net.input, out, name=net.name)
 
 
 def representation_layers(backbone: keras.Model) -> list[str]:

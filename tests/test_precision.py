@@ -1,0 +1,89 @@
+"""--precision: a mixed bfloat16 backbone with float32 variables, output, heads and losses."""
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssl_tf.config import Config
+from ssl_tf.export import load_feature_extractor
+from ssl_tf.methods import METHODS
+from ssl_tf.models import build_backbone
+from ssl_tf.runner import Runner
+
+X = np.random.default_rng(0).random((8, 16, 16, 3)).astype(np.float32)
+
+
+def _pair():
+    keras.utils.set_random_seed(0)
+    mixed = build_backbone("resnet18", width=0.125, image_size=16, precision="mixed_bfloat16")
+    plain = build_backbone("resnet18", width=0.125, image_size=16)
+    plain.set_weights(mixed.get_weights())
+    return mixed, plain
+
+
+def _relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_mixed_backbone_computes_in_bfloat16_keeps_float32_variables_and_output():
+    mixed, plain = _pair()
+    assert keras.mixed_precision.global_policy().name == "float32"   # the policy does not leak
+    convs = [layer for layer in mixed.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    assert all(v.dtype == "float32" for v in mixed.weights)
+    assert all(layer.compute_dtype == "float32" for layer in plain.layers if layer.weights)
+    assert mixed.get_layer("block1").output.dtype == "bfloat16"
+    y, ref = mixed(X, training=False), plain(X, training=False)
+    assert y.dtype == tf.float32
+    # the same weights give the same features up to bfloat16 rounding (8-bit mantissa), which is
+    # really there: the mixed network did not silently run in float32
+    assert 1e-4 < _relative_error(y, ref) < 0.05
+
+
+def test_mixed_train_step_loss_is_float32_and_matches_float32_step():
+    from ssl_tf.data import pipeline, views
+    from ssl_tf.data.sources import Examples
+    cfg = views.AugmentConfig(image_size=16)
+    y = np.arange(32) % 10
+    data = Examples("t", y, 10, images=(np.random.default_rng(1).random((32, 16, 16, 3)) * 255).astype(np.uint8))
+    batch = next(iter(pipeline.train_stream(data, views.views_for("two_views", cfg), global_batch=16, seed=0)))
+    logs, weights = {}, {}
+    for precision in ("mixed_bfloat16", "float32"):
+        keras.utils.set_random_seed(0)
+        enc = build_backbone("resnet18", width=0.125, image_size=16, precision=precision)
+        model = METHODS["simclr"](enc, 10, proj_hidden=32, proj_dim=16)
+        model.total_steps = 10
+        model.build_with(batch, keras.optimizers.SGD(0.05), fixed_optimizer=keras.optimizers.SGD(0.05))
+        if precision == "float32":   # same initial weights as the mixed model
+            model.set_weights(weights["mixed_bfloat16"])
+        else:
+            weights[precision] = model.get_weights()
+        out = model.train_step(batch)
+        assert out["loss"].dtype == tf.float32
+        logs[precision] = {k: float(v) for k, v in out.items()}
+        weights[precision + "_after"] = model.get_weights()
+    a, b = logs["mixed_bfloat16"]["loss"], logs["float32"]["loss"]
+    assert abs(a - b) / abs(b) < 0.02, logs
+    # the float32 variables take nearly the same update: the convolution kernels' update vectors
+    # point the same way (bfloat16 backprop: measured cosine 0.92 here; identical runs give 1.0)
+    kernels = [i for i, v in enumerate(model.weights) if "conv" in v.path and "kernel" in v.path]
+    update = {p: np.concatenate([(weights[p + "_after"][i] - weights["mixed_bfloat16"][i]).ravel() for i in kernels])
+              for p in ("mixed_bfloat16", "float32")}
+    u, v = update["mixed_bfloat16"], update["float32"]
+    cosine = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+    assert 0.85 < cosine < 0.9999, cosine
+
+
+def test_precision_flag_trains_exports_and_serves_float32_features(tmp_path):
+    run = Runner(Config(dataset="shapes:64,16", image_size=16, width=0.125, batch_size=16, epochs=1, progress=False,
+                        plots=False, mode="pretrain,export", precision="mixed_bfloat16", model_dir=str(tmp_path)),
+                 log=lambda *a: None)
+    results = run.run()
+    assert np.isfinite(results["pretrain"]["final"]["loss"])
+    assert json.load(open(tmp_path / "results.json"))["config"]["precision"] == "mixed_bfloat16"
+    extractor = load_feature_extractor(results["export"]["path"])
+    features = extractor(X)
+    assert features.dtype == tf.float32 and features.shape[0] == 8
+    np.testing.assert_allclose(features, run.encoder()(X, training=False), rtol=1e-5, atol=1e-5)
