@@ -32,7 +32,12 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 @keras.saving.register_keras_serializable("ssl_tf")
 class Lightness(keras.layers.Layer):
-    """RGB in [0, 1] -> the CIE L channel in [0, 1] (colorization's encoder input)."""
+    """RGB in [0, 1] -> the CIE L channel in [0, 1] (colorization's encoder input); always computed
+    in float32 (the colour conversion), also inside a mixed-precision backbone."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, images):
         from ssl_tf.data.color import lightness
