@@ -50,12 +50,11 @@ def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synch
     outside, stay float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: unknown; accepted: {', '.join(PRECISIONS)}")
-    if precision == "float32":
-        return BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
-                               input_mode=input_mode)
     with dtype_policy(precision):
         net = BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
                               input_mode=input_mode)
+    if precision == "float32":
+        return net
     out = keras.layers.Activation("linear", dtype="float32", name="float32_output")(net.output)
     return keras.Model(net.input, out, name=net.name)
 
