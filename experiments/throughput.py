@@ -10,6 +10,9 @@ For each method it measures, each in a fresh subprocess and alternating the fram
 by round (so both see the same machine state):
 
   floor     the backbone's own forward + backward (+ SGD update) on the method's views
+  floor+target  the floor plus the target/teacher backbone's forward on the largest-resolution
+            views (BYOL: both views, DINO: the 2 global crops; MoCo keys only one view of the
+            two, so it overestimates there): what the algorithm itself costs beyond the floor
   tf step   ssl_tf's full train step (losses, gathers, EMA, queues, online probe)
   torch     our PyTorch re-implementation of the same step, eager and ``torch.compile``
   augment   ssl_tf's tf.data view pipeline alone (images/s, uint8 in memory -> views)
@@ -104,15 +107,20 @@ def tf_worker(args) -> dict:
     model.build_with(sample, optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum),
                      fixed_optimizer=optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum))
     jit = runner._use_jit()
-    if args.what == "floor":
+    if args.what in ("floor", "floor_target"):
         crops = _tf_crops(tf, sample["views"])
         opt = tf.keras.optimizers.SGD(0.01, momentum=0.9)
+        # floor_target adds the target/teacher backbone's forward on the largest views: the work the
+        # paper's algorithm needs before any machinery (methods with a target network only)
+        target = model.targets[0] if args.what == "floor_target" and model.targets else None
 
         def floor_step(crops):
             with tf.GradientTape() as tape:
                 loss = tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32)) for x in crops])
             grads = tape.gradient(loss, encoder.trainable_variables)
             opt.apply_gradients(zip(grads, encoder.trainable_variables))
+            if target is not None:
+                loss += tf.reduce_mean(tf.cast(target(crops[0], training=True), tf.float32))
             return loss
         step, arg = tf.function(floor_step, jit_compile=jit), crops
     else:
@@ -295,6 +303,9 @@ def torch_worker(args) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
+TARGET_METHODS = ("moco", "byol", "dino", "moco_v3", "distill")   # methods with a target/teacher backbone
+
+
 def run_worker(framework, what, method, args, spec=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", framework, "--what", what, "--method", method,
            "--width", str(args.width), "--batch", str(args.batch), "--steps", str(args.steps),
@@ -328,7 +339,7 @@ def main():
     p.add_argument("--jit", default="auto", choices=("auto", "true", "false"))
     p.add_argument("--overrides", default="{}", help='JSON of Config fields, e.g. {"num_local_crops": 2}')
     p.add_argument("--threads", default="", help="TF intra,inter op threads, e.g. 2,1 (default: TF's)")
-    p.add_argument("--tf_only", default="", help="comma list of TF measurements to run (floor,step); "
+    p.add_argument("--tf_only", default="", help="comma list of TF measurements to run (floor,floor_target,step,augment); "
                    "default both plus torch")
     p.add_argument("--torch_bf16", action="store_true",
                    help="PyTorch side under torch.autocast(bfloat16): the counterpart of --precision=mixed_bfloat16")
@@ -357,9 +368,12 @@ def main():
         samples = {}
         spec = None
         for _ in range(args.rounds):
-            for name, fw, what in [("floor", "tf", "floor"), ("tf step", "tf", "step"),
+            for name, fw, what in [("floor", "tf", "floor"), ("floor+target", "tf", "floor_target"),
+                                   ("tf step", "tf", "step"),
                                    ("torch eager", "torch", "step"), ("torch compile", "torch", "step_compile")]:
                 if fw == "tf" and args.tf_only and what not in args.tf_only.split(","):
+                    continue
+                if what == "floor_target" and method not in TARGET_METHODS:
                     continue
                 if fw == "torch" and (not have_torch or spec is None or (what == "step_compile" and args.no_compile)):
                     continue
@@ -389,20 +403,22 @@ def main():
 
 
 def table(rows) -> str:
-    cols = ["floor", "tf step", "augment", "torch eager", "torch compile"]
+    cols = ["floor", "floor+target", "tf step", "augment", "torch eager", "torch compile"]
     lines = ["| method | backbone | batch | " + " | ".join(f"{c} img/s" for c in cols) +
-             " | step / floor | vs torch.compile | vs torch eager | step MB tf / torch (peak RSS) |",
-             "|" + "---|" * (len(cols) + 7)]
+             " | step / floor | step / (floor+target) | vs torch.compile | vs torch eager "
+             "| step MB tf / torch (peak RSS) |",
+             "|" + "---|" * (len(cols) + 8)]
     for r in rows:
         ips = {c: r.get(c, {}).get("images_per_sec") for c in cols}
         ratio = lambda a, b: f"{ips[a] / ips[b]:.2f}" if ips.get(a) and ips.get(b) else "–"   # noqa: E731
-        floor_cost = f"{ips['floor'] / ips['tf step']:.2f}×" if ips["floor"] and ips["tf step"] else "–"
+        cost = lambda base: f"{ips[base] / ips['tf step']:.2f}×" if ips[base] and ips["tf step"] else "–"   # noqa: E731
         tfm, thm = r.get("tf step", {}), r.get("torch compile", r.get("torch eager", {}))
         mem = (f"{tfm.get('step_mb', '–')} / {thm.get('step_mb', '–')} "
                f"({tfm.get('peak_rss_mb', '–')} / {thm.get('peak_rss_mb', '–')})")
         lines.append(f"| {r['method']} | {r['backbone']} | {r['batch']} | " +
                      " | ".join(str(ips[c] or r.get(c, {}).get("error", "–")) for c in cols) +
-                     f" | {floor_cost} | {ratio('tf step', 'torch compile')} | {ratio('tf step', 'torch eager')} | {mem} |")
+                     f" | {cost('floor')} | {cost('floor+target')} | {ratio('tf step', 'torch compile')} "
+                     f"| {ratio('tf step', 'torch eager')} | {mem} |")
     return "\n".join(lines)
 
 

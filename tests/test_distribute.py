@@ -28,9 +28,9 @@ def _train(strategy, init_weights=None, steps=2, global_batch=8):
     batch = next(iter(pipeline.train_stream(ex, fn, global_batch=global_batch, seed=0)))
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        encoder = build_backbone("resnet18", width=0.125, image_size=16,
-                                 synchronized_bn=strategy.num_replicas_in_sync > 1)
-        model = SimCLR(encoder, 10, temperature=0.5, proj_dim=8, synchronized_bn=strategy.num_replicas_in_sync > 1)
+        # global BN on one device too: the same statistics path, so only the distribution differs
+        encoder = build_backbone("resnet18", width=0.125, image_size=16, synchronized_bn=True)
+        model = SimCLR(encoder, 10, temperature=0.5, proj_dim=8, synchronized_bn=True)
         model.build_with(batch, LARS(0.3 * global_batch / 256, weight_decay=1e-6), keras.optimizers.SGD(0.1))
         if init_weights is not None:
             model.set_weights(init_weights)

@@ -73,11 +73,11 @@ def _killed_and_resumed(args, model_dir, rng, kills, total):
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_kill_9_at_random_moments_resumes_to_the_same_weights(tmp_path, method):
     args = RUN + METHOD_FLAGS[method]
-    clean = _popen(args + [f"--model_dir={tmp_path / 'clean'}"])
-    out = clean.communicate(timeout=300)[0]
-    assert clean.returncode == 0, out
+    clean = _popen(args + [f"--model_dir={tmp_path / 'clean'}"])   # the reference, alongside the killed runs
     total = 3 * (160 // 16)   # 160 training images (shapes has its own eval split), batch 16, 3 epochs
     outcomes = _killed_and_resumed(args, str(tmp_path / "killed"), np.random.default_rng(7), 3, total)
+    out = clean.communicate(timeout=300)[0]
+    assert clean.returncode == 0, out
     print(method, outcomes)   # the runs and their outcomes (shown with -s)
     killed_at = [o[1] for o in outcomes if o[0] == "killed"]
     assert len(killed_at) == 3 and min(killed_at) >= 1, outcomes
@@ -194,7 +194,9 @@ def test_multi_worker_lockstep_equals_one_process_and_resumes_after_a_worker_die
     args = ["--mode=pretrain", "--dataset=shapes:96,16", "--image_size=16", "--width=0.125", "--batch_size=16",
             "--epochs=2", "--checkpoint_every=2", "--keep_checkpoints=6", "--progress=false", "--log_every=1",
             "--deterministic", "--plots=false", "--learning_rate=0.01"]
-    one = cli(*args, f"--model_dir={tmp_path / 'one'}")
+    # the reference: one process, 2 replicas (MirroredStrategy; equal to one device: tests/test_distribute.py),
+    # so both sides normalise with the same global-BN path
+    one = cli(*args, "--strategy=mirrored", "--num_cpu_devices=2", f"--model_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
     procs = _workers(args, tmp_path / "two", _free_ports(2))
     outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -205,7 +207,7 @@ def test_multi_worker_lockstep_equals_one_process_and_resumes_after_a_worker_die
     init = _checkpoint_values(tmp_path / "one" / "pretrain" / "ckpt-2")
     assert a.keys() == b.keys()
     assert max(float(np.abs(a[k] - init[k]).max()) for k in a if k.startswith("model/encoder")) > 1e-3
-    for k in a:   # 2 workers × batch 8 = 1 process × batch 16 (global BN, gathered negatives)
+    for k in a:   # 2 workers × batch 8 = 1 process × 2 replicas × batch 8 (global BN, gathered negatives)
         np.testing.assert_allclose(b[k], a[k], atol=2e-5, rtol=1e-4, err_msg=k)
     ra, rb = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
     assert rb["pretrain"]["replicas"] == 2 and len(rb["pretrain"]["history"]) == 12

@@ -14,14 +14,18 @@ def dino_loss(student, teacher, center, student_temperature: float, teacher_temp
         L = mean over pairs (t_i, s_v), v != i, of mean_b [ -sum_K P_t log P_s ].
     """
     targets = [tf.stop_gradient(tf.nn.softmax((t - center) / teacher_temperature, -1)) for t in teacher]
-    log_probs = [tf.nn.log_softmax(s / student_temperature, -1) for s in student]
+    # Σ over pairs (i, v), v ≠ i, of P_t,i · log P_s,v = Σ_v (Σ_{i ≠ v} P_t,i) · log P_s,v: one product
+    # per student view instead of one per pair (8 instead of 14 [b, K] products at 2 + 6 crops).
+    total_target = tf.add_n(targets)
     total, pairs = 0.0, 0
-    for i, p_t in enumerate(targets):
-        for v, log_p_s in enumerate(log_probs):
-            if v == i:
-                continue
-            total += tf.reduce_mean(-tf.reduce_sum(p_t * log_p_s, -1))
-            pairs += 1
+    for v, s in enumerate(student):
+        others = [t for i, t in enumerate(targets) if i != v]
+        if not others:
+            continue
+        weight = total_target if len(others) == len(targets) else tf.add_n(others)
+        log_p_s = tf.nn.log_softmax(s / student_temperature, -1)
+        total += tf.reduce_mean(-tf.reduce_sum(weight * log_p_s, -1))
+        pairs += len(others)
     return total / pairs
 
 

@@ -168,8 +168,11 @@ class SSLMethod(keras.Model):
 
     def build_with(self, batch, optimizer, probe_optimizer=None, fixed_optimizer=None):
         """Create every variable by running the objective on ``batch`` (a subclassed model's
-        ``build`` cannot), then build the optimizers on the method's and the probe's variables."""
-        out = self.objective(batch, training=False)
+        ``build`` cannot), then build the optimizers on the method's and the probe's variables.
+        The objective runs eagerly on the first two examples only: shapes are what create the
+        variables, and an eager pass over a whole batch would hold every activation at once (it
+        set the peak memory of a whole run, issue 7)."""
+        out = self.objective(tf.nest.map_structure(lambda t: t[:2] if t.shape.rank else t, batch), training=False)
         if self.probe is not None:
             self.probe(out.features)
         self.compile(optimizer=optimizer, jit_compile=False)

@@ -71,7 +71,7 @@ class MoCo(SSLMethod):
         perm = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(x_all)[0]),
                                                         self.step_seed(1, per_replica=False))
         mine = tf.gather(x_all, perm[rid * b:(rid + 1) * b])
-        groups = max(1, self.bn_groups // distribute.num_replicas())
+        groups = max(1, self.bn_groups // distribute.num_replicas()) if training else 1   # eval BN: no batch stats
         keys = tf.concat([self.key_head(self.key_encoder(g, training=training), training=training)
                           for g in tf.split(mine, groups)], 0)
         shuffled = distribute.gather(keys)
