@@ -228,8 +228,8 @@ class Config:
     jit_compile: str = _f("auto", "XLA-compile the train step: auto (off on CPU, where it measured slower; on for "
                                   "one GPU), true, false.", choices=JIT_CHOICES)
     precision: str = _f("float32", "Compute type of the backbone: float32 or mixed_bfloat16 (CPUs with AVX-512 "
-                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here). "
-                                   "Variables, heads and losses stay float32.",
+                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here) and "
+                                   "DINO's head; variables, losses and the other heads stay float32.",
                         choices=("float32", "mixed_bfloat16"))
     model_dir: Optional[str] = _f(None, "Run directory (default ./runs/<method>-<dataset>-<timestamp>); "
                                         "an existing one is resumed.")

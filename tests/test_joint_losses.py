@@ -85,16 +85,43 @@ def test_dino_loss_and_center_match_numpy():
     teacher = [_f32(b, k) for _ in range(2)]
     center = _f32(k)
     total, pairs = 0.0, 0
+    grads = [np.zeros((b, k)) for _ in student]
     for i, t in enumerate(teacher):
         pt = np.exp(_log_softmax((t - center) / tt))
         for v, s in enumerate(student):
             if v != i:
                 total += np.mean(-(pt * _log_softmax(s / ts)).sum(1))
+                # d/ds of mean_b -Σ_K P_t log softmax(s / T_s) = (softmax(s / T_s) - P_t) / (T_s · b)
+                grads[v] += (np.exp(_log_softmax(s / ts)) - pt) / (ts * b)
                 pairs += 1
-    np.testing.assert_allclose(float(losses.dino_loss(student, teacher, center, ts, tt)), total / pairs, rtol=1e-5)
+    student_vars = [tf.Variable(s) for s in student]
+    with tf.GradientTape() as tape:
+        loss = losses.dino_loss(student_vars, teacher, center, ts, tt)
+    np.testing.assert_allclose(float(loss), total / pairs, rtol=1e-5)
+    for got, want in zip(tape.gradient(loss, student_vars), grads):
+        np.testing.assert_allclose(got.numpy(), want / pairs, rtol=1e-4, atol=1e-7)
     mean = np.concatenate(teacher).mean(0)
     np.testing.assert_allclose(np.asarray(losses.updated_center(center, mean, m)), m * center + (1 - m) * mean,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_soft_cross_entropy_and_its_gradient_match_numpy(dtype):
+    """-mean_b Σ_K w log softmax(s / T) with rows of w summing to n, and its hand-written
+    gradient (n softmax(s / T) - w) / (T b), in the logits' dtype (bfloat16 logits: float32 math
+    on the rounded values)."""
+    b, k, n, t = 6, 11, 2.0, 0.1
+    w = sum(np.exp(_log_softmax(_f32(b, k))) for _ in range(int(n)))
+    logits = tf.Variable(tf.cast(_f32(b, k), dtype))
+    s = logits.numpy().astype(np.float64)
+    with tf.GradientTape() as tape:
+        loss = losses.soft_cross_entropy(logits, w, n, t)
+    grad = tape.gradient(loss, logits)
+    assert loss.dtype == tf.float32 and grad.dtype == dtype
+    np.testing.assert_allclose(float(loss), np.mean(-(w * _log_softmax(s / t)).sum(1)), rtol=1e-5)
+    want = (n * np.exp(_log_softmax(s / t)) - w) / (t * b)
+    tol = 1e-5 if dtype == tf.float32 else 1e-2   # bfloat16 gradient: 8-bit mantissa
+    np.testing.assert_allclose(tf.cast(grad, tf.float32).numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_barlow_twins_matches_numpy():

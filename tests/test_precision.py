@@ -9,7 +9,8 @@ import tensorflow as tf
 from ssl_tf.config import Config
 from ssl_tf.export import load_feature_extractor
 from ssl_tf.methods import METHODS
-from ssl_tf.models import build_backbone
+from ssl_tf.models import build_backbone, dino_head, dtype_policy
+from ssl_tf.models.heads import WeightNormDense
 from ssl_tf.runner import Runner
 
 X = np.random.default_rng(0).random((8, 16, 16, 3)).astype(np.float32)
@@ -92,6 +93,41 @@ def test_mixed_train_step_loss_is_float32_and_matches_float32_step():
     u, v = update["mixed_bfloat16"], update["float32"]
     cosine = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
     assert 0.85 < cosine < 0.9999, cosine
+
+
+def test_mixed_dino_head_computes_in_bfloat16_and_returns_float32():
+    """DINO's head (2048-wide MLP, 65536-wide last layer: 17 % of its ResNet-18 step) follows
+    --precision, student and teacher head alike: float32 variables and gradients, bfloat16
+    logits (the loss reads them in float32)."""
+    keras.utils.set_random_seed(0)
+    enc = build_backbone("resnet18", width=0.125, image_size=16, precision="mixed_bfloat16")
+    model = METHODS["dino"](enc, 0, out_dim=64, precision="mixed_bfloat16")
+    plain = dino_head(64)
+    plain.build(enc.output_shape)
+    plain.set_weights(model.head.get_weights())
+    features = tf.random.normal([8, enc.output_shape[-1]])
+    for head in (model.head, model.teacher_head):
+        dense = [layer for layer in head.layers[0].layers if isinstance(layer, keras.layers.Dense)]
+        assert len(dense) == 3 and all(layer.compute_dtype == "bfloat16" for layer in dense)
+        assert head.get_layer("last_layer").matmul_dtype == "bfloat16"
+        assert all(v.dtype == "float32" for v in head.weights)
+    with tf.GradientTape() as tape:
+        y = model.head(features)
+        loss = tf.reduce_sum(tf.square(y))
+    grads = tape.gradient(loss, model.head.trainable_variables)
+    assert y.dtype == tf.bfloat16 and all(g.dtype == tf.float32 and float(tf.norm(g)) > 0 for g in grads)
+    assert plain(features).dtype == tf.float32
+    # bfloat16 rounding is really there, and small
+    assert 1e-4 < _relative_error(tf.cast(y, tf.float32), plain(features)) < 0.05
+    np.testing.assert_allclose(model.teacher_head(features), y, rtol=1e-6)   # the EMA copy, same policy
+
+
+def test_unknown_precision_and_matmul_dtype_are_refused():
+    with pytest.raises(ValueError, match="precision='mixed_float16': unknown; accepted: float32, mixed_bfloat16"):
+        with dtype_policy("mixed_float16"):
+            pass
+    with pytest.raises(ValueError, match="matmul_dtype='float16': accepted float32, bfloat16"):
+        WeightNormDense(8, "float16")
 
 
 def test_precision_flag_trains_exports_and_serves_float32_features(tmp_path):

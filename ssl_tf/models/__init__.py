@@ -1,7 +1,6 @@
 """Backbone registry: ``--backbone`` name -> builder(width, image_size, synchronized_bn, input_mode)."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 
@@ -10,7 +9,7 @@ import keras
 from ssl_tf.models import resnet as _resnet
 from ssl_tf.models.heads import (classifier_head, dino_head, eval_head, head_prefix, linear_head, mlp,  # noqa: F401
                                  mlp_head, pretext_head, projection_head)
-from ssl_tf.models.layers import INPUT_MODES  # noqa: F401
+from ssl_tf.models.layers import INPUT_MODES, PRECISIONS, dtype_policy  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
 from ssl_tf.models.vit import vit_small, vit_tiny
@@ -26,21 +25,6 @@ BACKBONES = {
 _REPRESENTATION = re.compile(r"^(stem|block\d+|pooled|fc\d+)$")
 
 
-PRECISIONS = ("float32", "mixed_bfloat16")   # mixed_float16 would need loss scaling: not offered
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Layers constructed inside use the Keras dtype policy ``name``; the previous global policy is
-    restored on exit (the policy is captured when a layer is constructed)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synchronized_bn: bool = False,
                    input_mode: str = "rgb", precision: str = "float32") -> keras.Model:
     """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features).
@@ -48,8 +32,6 @@ def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synch
     ``precision='mixed_bfloat16'``: the backbone computes in bfloat16 with
     float32 variables, and its output is cast back to float32 — heads, losses and probes, built
     outside, stay float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: unknown; accepted: {', '.join(PRECISIONS)}")
     with dtype_policy(precision):
         net = BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
                               input_mode=input_mode)

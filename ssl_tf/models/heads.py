@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ssl_tf.models.layers import BatchNorm
+from ssl_tf.models.layers import BatchNorm, dtype_policy
 
 
 def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, synchronized_bn: bool = False,
@@ -73,21 +73,31 @@ def mlp(dims, batch_norm: bool = True, last_bn: bool = False, activation: str = 
 @keras.saving.register_keras_serializable("ssl_tf")
 class WeightNormDense(layers.Layer):
     """Dense without bias whose kernel columns are v / ||v|| (weight normalisation, Salimans &
-    Kingma 2016) with the gain fixed to 1 — DINO's last layer with ``norm_last_layer=True``."""
+    Kingma 2016) with the gain fixed to 1 — DINO's last layer with ``norm_last_layer=True``.
 
-    def __init__(self, units: int, **kwargs):
+    ``matmul_dtype='bfloat16'`` runs the product (and its gradient) in bfloat16 after
+    normalising v in float32, and returns bfloat16 (``--precision=mixed_bfloat16``: DINO's
+    65536-wide layer is the largest product of its step; its loss reads bfloat16 logits in
+    float32 without keeping a float32 copy)."""
+
+    def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
-        self.units = units
+        if matmul_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"matmul_dtype={matmul_dtype!r}: accepted float32, bfloat16")
+        self.units, self.matmul_dtype = units, matmul_dtype
 
     def build(self, input_shape):
         self.v = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="v")
 
     def call(self, x):
         import tensorflow as tf
-        return tf.matmul(x, tf.math.l2_normalize(self.v, axis=0))
+        kernel = tf.math.l2_normalize(self.v, axis=0)
+        if self.matmul_dtype == "float32":
+            return tf.matmul(x, kernel)
+        return tf.matmul(tf.cast(x, self.matmul_dtype), tf.cast(kernel, self.matmul_dtype))
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
@@ -97,11 +107,18 @@ class L2Normalize(layers.Layer):
         return tf.math.l2_normalize(x, -1)
 
 
-def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, name: str = "dino_head"):
+def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, name: str = "dino_head",
+              precision: str = "float32"):
     """DINO's head (Caron et al. 2021): 3-layer MLP (2048, 2048, 256) with GELU, L2
-    normalisation, then a weight-normalised linear layer to ``out_dim`` (65536)."""
-    return keras.Sequential([mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu"),
-                             L2Normalize(), WeightNormDense(out_dim, name="last_layer")], name=name)
+    normalisation, then a weight-normalised linear layer to ``out_dim`` (65536).
+
+    ``precision='mixed_bfloat16'``: the MLP and the last product compute in bfloat16 (float32
+    variables) and the output is bfloat16; the L2 and the kernel's normalisations are float32."""
+    with dtype_policy(precision):
+        net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu")
+    matmul_dtype = "float32" if precision == "float32" else "bfloat16"
+    return keras.Sequential([net, L2Normalize(dtype="float32"),
+                             WeightNormDense(out_dim, matmul_dtype, dtype="float32", name="last_layer")], name=name)
 
 
 def head_prefix(head: keras.Sequential, num_layers: int, name: str = "proj_prefix") -> keras.Sequential:

@@ -1,11 +1,30 @@
 """Layers shared by backbones and heads, and the helpers every backbone uses."""
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras import layers
 
 from ssl_tf import distribute
+
+PRECISIONS = ("float32", "mixed_bfloat16")   # mixed_float16 would need loss scaling: not offered
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers constructed inside use the Keras dtype policy ``name``; the previous global policy is
+    restored on exit (the policy is captured when a layer is constructed)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision={name!r}: unknown; accepted: {', '.join(PRECISIONS)}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
 
 BN_MOMENTUM = 0.9   # SimCLR's BATCH_NORM_DECAY
 BN_EPSILON = 1e-5
