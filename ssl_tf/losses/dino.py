@@ -9,13 +9,12 @@ def dino_loss(student, teacher, center, student_temperature: float, teacher_temp
     the student's distribution of every *other* view.
 
     ``student``: list of [b, K] logits, the 2 global views first, then the local ones (float32
-    or bfloat16: computed in float32 either way); ``teacher``: list of [b, K] logits of the
-    global views; ``center``: [K].
+    or bfloat16: computed in float32 either way); ``teacher``: list of [b, K] float32 logits of
+    the global views; ``center``: [K].
         P_t = softmax((t - c) / T_t) (no gradient),  log P_s = log_softmax(s / T_s)
         L = mean over pairs (t_i, s_v), v != i, of mean_b [ -sum_K P_t log P_s ].
     """
-    targets = [tf.stop_gradient(tf.nn.softmax((tf.cast(t, tf.float32) - center) / teacher_temperature, -1))
-               for t in teacher]
+    targets = [tf.stop_gradient(tf.nn.softmax((t - center) / teacher_temperature, -1)) for t in teacher]
     # Σ over pairs (i, v), v ≠ i, of P_t,i · log P_s,v = Σ_v (Σ_{i ≠ v} P_t,i) · log P_s,v: one product
     # per student view instead of one per pair (8 instead of 14 [b, K] products at 2 + 6 crops).
     total_target = tf.add_n(targets)

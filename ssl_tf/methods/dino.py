@@ -64,7 +64,7 @@ class DINO(SSLMethod):
                                                                    training)]
         step = self.current_step()
         loss = dino_loss(student, teacher, self.center, self.student_temperature, self.teacher_temperature_at(step))
-        local_sum = tf.reduce_sum(tf.concat(teacher, 0), 0)
+        local_sum = tf.add_n([tf.reduce_sum(t, 0) for t in teacher])   # no [2b, K] concatenated copy
         count = tf.cast(tf.shape(teacher[0])[0] * len(teacher), tf.float32)
         batch_mean = distribute.cross_replica_sum(local_sum) / distribute.cross_replica_sum(count)
         return Objective(loss, features=features[0], embeddings=features[0],
