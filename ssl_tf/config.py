@@ -225,12 +225,17 @@ class Config:
     strategy: str = _f("auto", "Distribution strategy.", choices=("auto", "one_device", "mirrored", "multi_worker", "tpu"))
     tpu: Optional[str] = _f(None, "TPU name or address for --strategy=tpu.")
     num_cpu_devices: int = _f(1, "Split the CPU into this many logical devices (mirrored training on a CPU host, tests).")
+    intra_op_threads: int = _f(0, "Threads one op may use (TensorFlow's intra-op pool); 0: TensorFlow's default, "
+                                  "one per core.")
+    inter_op_threads: int = _f(0, "Ops run at once (TensorFlow's inter-op pool); 0: TensorFlow's default, one per "
+                                  "core. 1 lowered a DINO step's peak RSS here (README, Performance).")
     jit_compile: str = _f("auto", "XLA-compile the train step: auto (off on CPU, where it measured slower; on for "
                                   "one GPU), true, false.", choices=JIT_CHOICES)
-    precision: str = _f("float32", "Compute type of the backbone: float32 or mixed_bfloat16 (CPUs with AVX-512 "
-                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here) and "
-                                   "DINO's head; variables, losses and the other heads stay float32.",
-                        choices=("float32", "mixed_bfloat16"))
+    precision: str = _f("float32", "Compute type of the backbone: float32, mixed_bfloat16 (CPUs with AVX-512 "
+                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here) or "
+                                   "mixed_float16 (GPUs; dynamic loss scaling) — and of DINO's head; variables, "
+                                   "losses and the other heads stay float32.",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
     model_dir: Optional[str] = _f(None, "Run directory (default ./runs/<method>-<dataset>-<timestamp>); "
                                         "an existing one is resumed.")
     checkpoint: Optional[str] = _f(None, "Checkpoint to evaluate/export (default: the latest in --model_dir).")
@@ -377,6 +382,8 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.layerwise_features >= 1, "layerwise_features", c.layerwise_features, "must be >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
     _check(c.num_cpu_devices >= 1, "num_cpu_devices", c.num_cpu_devices, "must be >= 1")
+    for flag in ("intra_op_threads", "inter_op_threads"):
+        _check(getattr(c, flag) >= 0, flag, getattr(c, flag), "must be >= 0 (0: TensorFlow's default)")
     _check(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
     _check(c.mu >= 1, "mu", c.mu, "must be >= 1")
     _check(0 < c.threshold <= 1, "threshold", c.threshold, "must be in (0, 1]")

@@ -41,6 +41,22 @@ def cross_replica_sum(x):
     return ctx.all_reduce("SUM", x) if ctx else x
 
 
+def run_if(pred, fn, *args):
+    """``fn(*args)`` only where the boolean ``pred`` (equal on every replica) is true. ``fn`` may
+    synchronise replicas (``apply_gradients`` does): a replica-context ``cond`` around it fails
+    under MirroredStrategy, so with several replicas the ``cond`` runs in the cross-replica
+    context and calls ``fn`` on each replica from there (as Keras's ``LossScaleOptimizer``)."""
+    ctx = replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        tf.cond(pred, lambda: fn(*args) or tf.no_op(), tf.no_op)
+        return
+
+    def cross_replica(strategy, pred, *args):
+        first = strategy.experimental_local_results(pred)[0]   # the same on every replica
+        tf.cond(first, lambda: strategy.extended.call_for_each_replica(fn, args=args) or tf.no_op(), tf.no_op)
+    ctx.merge_call(cross_replica, args=(pred, *args))
+
+
 def gather(x):
     """Concatenate ``x`` over replicas along axis 0; gradients flow back to each replica's part.
 
@@ -149,6 +165,24 @@ def _multi_worker() -> tf.distribute.Strategy:
     except RuntimeError as e:
         raise SSLTFError(f"--strategy=multi_worker: {str(e).splitlines()[0]} (create the strategy before "
                          "any other TensorFlow call)") from None
+
+
+def set_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+    """Size TensorFlow's intra-op and inter-op thread pools (0 keeps TensorFlow's default).
+
+    Must run before TensorFlow initialises its runtime; asking again for the sizes already in
+    force is fine."""
+    setters = {"intra_op_threads": (tf.config.threading.get_intra_op_parallelism_threads,
+                                    tf.config.threading.set_intra_op_parallelism_threads, intra_op),
+               "inter_op_threads": (tf.config.threading.get_inter_op_parallelism_threads,
+                                    tf.config.threading.set_inter_op_parallelism_threads, inter_op)}
+    for flag, (get, set_, n) in setters.items():
+        if n and get() != n:
+            try:
+                set_(n)
+            except RuntimeError:
+                raise SSLTFError(f"--{flag}={n}: TensorFlow is already initialised with {get() or 'its default'}; "
+                                 "thread pools must be sized before the first TensorFlow op") from None
 
 
 def split_cpu(num_devices: int) -> None:

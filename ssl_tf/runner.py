@@ -43,6 +43,7 @@ def versions() -> dict:
 class Runner:
     def __init__(self, cfg: config_lib.Config, log=print):
         self.log = log
+        distribute.set_threads(cfg.intra_op_threads, cfg.inter_op_threads)
         if cfg.num_cpu_devices > 1:
             distribute.split_cpu(cfg.num_cpu_devices)
         self.strategy = distribute.make_strategy(cfg.strategy, cfg.tpu)   # before any TF op (collectives)
@@ -126,6 +127,7 @@ class Runner:
             total = epochs * per_epoch
             stop = min(total, max_steps) if max_steps else total
             model.total_steps, model.steps_per_epoch = total, per_epoch
+            model.loss_scaling = cfg.precision == "mixed_float16"
             sample = next(iter(model.input_stream(examples, augment, global_batch=global_batch // self.replicas,
                                                   seed=cfg.seed)))
             model.build_with(sample, make_optimizer(total, per_epoch),

@@ -139,3 +139,30 @@ def test_tpu_strategy_without_a_tpu_fails_fast_with_one_line(monkeypatch):
         with pytest.raises(SSLTFError, match="no TPU found") as e:
             distribute.make_strategy("tpu", name)
         assert "\n" not in str(e.value) and time.time() - t0 < 60, name
+
+
+def test_thread_flags_size_tensorflows_pools_before_it_starts(tmp_path):
+    """--intra_op_threads/--inter_op_threads reach TensorFlow through the Runner (a fresh process:
+    the pools can only be sized before TensorFlow's first op)."""
+    import subprocess
+    import sys
+    code = ("import tensorflow as tf\n"
+            "from ssl_tf.config import Config\n"
+            "from ssl_tf.runner import Runner\n"
+            f"Runner(Config(dataset='shapes:20,10', intra_op_threads=1, inter_op_threads=1, progress=False, "
+            f"model_dir={str(tmp_path)!r}), log=lambda *a: None)\n"
+            "tf.constant(1.0) + 1.0\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 1"
+
+
+def test_thread_flags_after_tensorflow_started_are_refused_naming_the_flag():
+    tf.constant(1.0) + 1.0                    # the runtime is up (as in any test process)
+    distribute.set_threads(0, 0)              # TensorFlow's defaults: nothing to change
+    current = tf.config.threading.get_inter_op_parallelism_threads()
+    with pytest.raises(SSLTFError, match=rf"^--inter_op_threads={current + 3}: TensorFlow is already initialised"):
+        distribute.set_threads(0, current + 3)
+    assert tf.config.threading.get_inter_op_parallelism_threads() == current

@@ -70,6 +70,7 @@ def test_npz_training_with_npz_eval_set(cli, tmp_path):
     (["--mode=train"], "ssl-tf: error: --mode=train: unknown step 'train'; accepted: pretrain"),
     (["--dataset=shapes:40,10", "--batch_size=64"], "ssl-tf: error: --batch_size=64 is larger than the training set"),
     (["--batch_size=1"], "ssl-tf: error: --batch_size=1: must be >= 2"),
+    (["--inter_op_threads=-1"], "ssl-tf: error: --inter_op_threads=-1: must be >= 0 (0: TensorFlow's default)"),
     (["--mode=knn", "--model_dir=/tmp/ssl_tf_empty_dir_for_test", "--dataset=shapes:20,10"],
      "ssl-tf: error: --model_dir=/tmp/ssl_tf_empty_dir_for_test: no pretraining checkpoint found"),
 ])

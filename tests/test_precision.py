@@ -11,6 +11,7 @@ from ssl_tf.export import load_feature_extractor
 from ssl_tf.methods import METHODS
 from ssl_tf.models import build_backbone, dino_head, dtype_policy
 from ssl_tf.models.heads import WeightNormDense
+from ssl_tf.optim.loss_scale import all_finite, next_loss_scale
 from ssl_tf.runner import Runner
 
 X = np.random.default_rng(0).random((8, 16, 16, 3)).astype(np.float32)
@@ -61,13 +62,22 @@ def test_every_backbone_and_input_mode_trains_in_mixed_precision(name):
         assert len(bf16) >= len([layer for layer in enc.layers if layer.weights]) // 2, (name, mode)
 
 
-def test_mixed_train_step_loss_is_float32_and_matches_float32_step():
-    from ssl_tf.data import pipeline, views
+def _simclr_data():
+    from ssl_tf.data import views
     from ssl_tf.data.sources import Examples
-    cfg = views.AugmentConfig(image_size=16)
     y = np.arange(32) % 10
     data = Examples("t", y, 10, images=(np.random.default_rng(1).random((32, 16, 16, 3)) * 255).astype(np.uint8))
-    batch = next(iter(pipeline.train_stream(data, views.views_for("two_views", cfg), global_batch=16, seed=0)))
+    return data, views.views_for("two_views", views.AugmentConfig(image_size=16))
+
+
+def _simclr_batch():
+    from ssl_tf.data import pipeline
+    data, view_fn = _simclr_data()
+    return next(iter(pipeline.train_stream(data, view_fn, global_batch=16, seed=0)))
+
+
+def test_mixed_train_step_loss_is_float32_and_matches_float32_step():
+    batch = _simclr_batch()
     logs, weights = {}, {}
     for precision in ("mixed_bfloat16", "float32"):
         keras.utils.set_random_seed(0)
@@ -123,11 +133,111 @@ def test_mixed_dino_head_computes_in_bfloat16_and_returns_float32():
 
 
 def test_unknown_precision_and_matmul_dtype_are_refused():
-    with pytest.raises(ValueError, match="precision='mixed_float16': unknown; accepted: float32, mixed_bfloat16"):
-        with dtype_policy("mixed_float16"):
+    with pytest.raises(ValueError, match="precision='mixed_float8': unknown; accepted: float32, mixed_bfloat16, "
+                                         "mixed_float16"):
+        with dtype_policy("mixed_float8"):
             pass
-    with pytest.raises(ValueError, match="matmul_dtype='float16': accepted float32, bfloat16"):
-        WeightNormDense(8, "float16")
+    with pytest.raises(ValueError, match="matmul_dtype='float64': accepted float32, bfloat16, float16"):
+        WeightNormDense(8, "float64")
+
+
+def test_next_loss_scale_follows_the_dynamic_schedule():
+    """Micikevicius et al. 2018: a non-finite step halves the scale (not below 1), ``interval``
+    finite steps in a row double it; checked step by step against a plain re-statement."""
+    flags = np.random.default_rng(0).random(300) < 0.85
+    scale, good = tf.constant(2.0 ** 15), tf.constant(0, tf.int64)
+    ref_scale, ref_good, seen = 2.0 ** 15, 0, set()
+    for finite in flags:
+        scale, good = next_loss_scale(scale, good, bool(finite), growth_interval=4)
+        if finite:
+            ref_good += 1
+            if ref_good == 4:
+                ref_scale, ref_good = ref_scale * 2, 0
+                seen.add("grow")
+        else:
+            ref_scale, ref_good = max(ref_scale / 2, 1.0), 0
+            seen.add("halve")
+        assert (float(scale), int(good)) == (ref_scale, ref_good)
+    assert seen == {"grow", "halve"}
+    for _ in range(40):
+        scale, good = next_loss_scale(scale, good, False)
+    assert float(scale) == 1.0
+    assert not bool(all_finite([tf.constant([1.0, np.inf]), None])) and bool(all_finite([tf.ones(3), None]))
+
+
+def _fp16_simclr(batch, precision="mixed_float16"):
+    keras.utils.set_random_seed(0)
+    model = METHODS["simclr"](build_backbone("resnet18", width=0.125, image_size=16, precision=precision), 10,
+                              proj_hidden=32, proj_dim=16)
+    model.total_steps, model.loss_scaling = 10, precision == "mixed_float16"
+    model.build_with(batch, keras.optimizers.SGD(0.05, momentum=0.9),
+                     fixed_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return model
+
+
+def _trained(model):
+    return [v.numpy().copy() for v in model.weights if "loss_scale" not in v.path]
+
+
+def test_mixed_float16_step_unscales_its_gradients_and_skips_an_overflowing_step():
+    batch = _simclr_batch()
+    model = _fp16_simclr(batch)
+    assert all(layer.compute_dtype == "float16" for layer in model.encoder.layers
+               if isinstance(layer, keras.layers.Conv2D))
+    plain = _fp16_simclr(batch, "float32")
+    plain.set_weights(_trained(model))
+    start = _trained(model)
+    kernels = [i for i, v in enumerate(plain.weights) if "conv" in v.path and "kernel" in v.path]
+    # 2^15 overflows float16 in this net's backward: each such step is skipped and halves the scale
+    for skipped in range(12):
+        scale = float(model.loss_scale)
+        logs = model.train_step(batch)
+        if int(model.optimizer.iterations):
+            break
+        assert float(model.loss_scale) == scale / 2 and int(model.loss_scale_good_steps) == 0
+        assert all(np.array_equal(_trained(model)[i], start[i]) for i in kernels)
+    assert int(model.optimizer.iterations) == 1 and float(logs["loss_scale"]) == scale
+    assert int(model.loss_scale_good_steps) == 1
+    ref = plain.train_step(batch)
+    assert abs(float(logs["loss"]) - float(ref["loss"])) / abs(float(ref["loss"])) < 0.01
+    # the update equals float32's (unscaled: a missing 1/S would make it S times larger), up to float16 rounding
+    u = np.concatenate([(_trained(model)[i] - start[i]).ravel() for i in kernels])
+    v = np.concatenate([(plain.weights[i].numpy() - start[i]).ravel() for i in kernels])
+    assert 0.95 < u @ v / (np.linalg.norm(u) * np.linalg.norm(v)) < 0.99999
+    assert 0.9 < np.linalg.norm(u) / np.linalg.norm(v) < 1.1
+    # an overflowing step (loss × 3e38 = inf): no update, the scale halves, the count restarts
+    before, iterations = _trained(model), int(model.optimizer.iterations)
+    model.loss_scale.assign(3e38)
+    logs = model.train_step(batch)
+    assert np.isfinite(float(logs["loss"])) and float(model.loss_scale) == pytest.approx(1.5e38)
+    assert int(model.loss_scale_good_steps) == 0 and int(model.optimizer.iterations) == iterations
+    for a, b in zip(before, _trained(model)):
+        if a.dtype == np.float32 and a.ndim == 4:   # kernels (BN moving statistics still follow the batch)
+            np.testing.assert_array_equal(a, b)
+
+
+def test_mixed_float16_skips_on_every_replica_when_one_overflows():
+    """Under MirroredStrategy the overflow decision is all-reduced: both replicas skip or apply together."""
+    from ssl_tf import distribute
+    from helpers import run_replica_steps
+    strategy = distribute.make_strategy("mirrored")
+    with strategy.scope():
+        model = _fp16_simclr(_simclr_batch())
+    data, view_fn = _simclr_data()
+    start = _trained(model)
+    for _ in range(12):   # the first scales overflow float16 (see above): skipped on both replicas
+        logs = run_replica_steps(strategy, model, data, view_fn, global_batch=16, steps=1)
+        if int(model.optimizer.iterations.numpy()):
+            break
+        assert all(np.array_equal(a, b) for a, b in zip(start, _trained(model)) if a.ndim == 4)
+    assert int(model.optimizer.iterations.numpy()) == 1 and logs[0]["loss_scale"] == float(model.loss_scale.numpy()) < 2.0 ** 15
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(start, _trained(model)))
+    model.loss_scale.assign(3e38)
+    kernels = [w for w in _trained(model) if w.ndim == 4]
+    run_replica_steps(strategy, model, data, view_fn, global_batch=16, steps=1)
+    assert int(model.optimizer.iterations.numpy()) == 1 and float(model.loss_scale.numpy()) == pytest.approx(1.5e38)
+    for a, b in zip(kernels, [w for w in _trained(model) if w.ndim == 4]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_precision_flag_trains_exports_and_serves_float32_features(tmp_path):

@@ -30,6 +30,7 @@ from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
 from ssl_tf.models import linear_head
 from ssl_tf.models.layers import BatchNorm
+from ssl_tf.optim import loss_scale as scaling
 
 
 class Objective(typing.NamedTuple):
@@ -117,6 +118,7 @@ class SSLMethod(keras.Model):
     eval_encoder_attr = "encoder"  # which network evaluation and export use (DINO: the teacher)
     total_steps = 1              # set by the runner before building: momentum/temperature schedules
     steps_per_epoch = 1
+    loss_scaling = False         # set by the runner before building: dynamic loss scaling (--precision=mixed_float16)
 
     def __init__(self, encoder: keras.Model, num_classes: int = 0, online_probe: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -172,6 +174,11 @@ class SSLMethod(keras.Model):
         The objective runs eagerly on the first two examples only: shapes are what create the
         variables, and an eager pass over a whole batch would hold every activation at once (it
         set the peak memory of a whole run, issue 7)."""
+        if self.loss_scaling:   # the loss scale and its count of finite steps, checkpointed with the model
+            self.loss_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(scaling.INITIAL_SCALE),
+                                              trainable=False, name="loss_scale", aggregation="only_first_replica")
+            self.loss_scale_good_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                                         name="loss_scale_good_steps", aggregation="only_first_replica")
         out = self.objective(tf.nest.map_structure(lambda t: t[:2] if t.shape.rank else t, batch), training=False)
         if self.probe is not None:
             self.probe(out.features)
@@ -221,19 +228,38 @@ class SSLMethod(keras.Model):
         with tf.GradientTape() as tape:
             out = self.objective(batch, training=True)
             scaled = out.loss / distribute.num_replicas()
-        grads = dict(zip((id(v) for v in variables), tape.gradient(scaled, variables)))
-        main, fixed = self._split(variables)
-        self.optimizer.apply_gradients([(grads[id(v)], v) for v in main])
-        if fixed:
-            self.fixed_optimizer.apply_gradients([(grads[id(v)], v) for v in fixed])
-        self.after_update(out.aux, step)
+            if self.loss_scaling:
+                scaled = scaled * self.loss_scale
+        grads = tape.gradient(scaled, variables)
         logs = {"loss": out.loss, **out.logs}
+        if self.loss_scaling:
+            # float32 gradients of float32 variables: dividing by a power of two is exact. A step
+            # with any non-finite gradient (on any replica) is skipped and halves the scale.
+            grads = [None if g is None else g / self.loss_scale for g in grads]
+            overflow = distribute.cross_replica_sum(1.0 - tf.cast(scaling.all_finite(grads), tf.float32))
+            finite = tf.equal(overflow, 0.0)
+            distribute.run_if(finite, lambda *g: self._apply(variables, list(g)), *grads)
+            new_scale, new_good = scaling.next_loss_scale(self.loss_scale, self.loss_scale_good_steps, finite)
+            self.loss_scale.assign(new_scale)
+            self.loss_scale_good_steps.assign(new_good)
+            logs["loss_scale"] = tf.identity(self.loss_scale)
+        else:
+            self._apply(variables, grads)
+        self.after_update(out.aux, step)
         if out.embeddings is not None:
             logs["embedding_std"] = embedding_std(out.embeddings)
             logs["effective_rank"] = effective_rank(out.embeddings)
         if self.probe is not None:
             logs.update(self.probe_step(out.features, batch["label"]))
         return logs
+
+    def _apply(self, variables, grads):
+        """One optimizer update of ``variables`` (main and fixed-lr groups) with ``grads``."""
+        by_id = dict(zip((id(v) for v in variables), grads))
+        main, fixed = self._split(variables)
+        self.optimizer.apply_gradients([(by_id[id(v)], v) for v in main])
+        if fixed:
+            self.fixed_optimizer.apply_gradients([(by_id[id(v)], v) for v in fixed])
 
     def probe_step(self, features, labels):
         features = tf.stop_gradient(features)

@@ -9,7 +9,7 @@ import keras
 from ssl_tf.models import resnet as _resnet
 from ssl_tf.models.heads import (classifier_head, dino_head, eval_head, head_prefix, linear_head, mlp,  # noqa: F401
                                  mlp_head, pretext_head, projection_head)
-from ssl_tf.models.layers import INPUT_MODES, PRECISIONS, dtype_policy  # noqa: F401
+from ssl_tf.models.layers import INPUT_MODES, PRECISIONS, compute_dtype, dtype_policy  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
 from ssl_tf.models.vit import vit_small, vit_tiny
@@ -29,7 +29,7 @@ def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synch
                    input_mode: str = "rgb", precision: str = "float32") -> keras.Model:
     """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features).
     ``input_mode='lightness'``: the network sees only the L channel of its RGB input (colorization).
-    ``precision='mixed_bfloat16'``: the backbone computes in bfloat16 with
+    ``precision='mixed_bfloat16'`` (``'mixed_float16'``): the backbone computes in bfloat16 (float16) with
     float32 variables, and its output is cast back to float32 — heads, losses and probes, built
     outside, stay float32."""
     with dtype_policy(precision):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ssl_tf.models.layers import BatchNorm, dtype_policy
+from ssl_tf.models.layers import BatchNorm, compute_dtype, dtype_policy
 
 
 def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, synchronized_bn: bool = False,
@@ -75,15 +75,15 @@ class WeightNormDense(layers.Layer):
     """Dense without bias whose kernel columns are v / ||v|| (weight normalisation, Salimans &
     Kingma 2016) with the gain fixed to 1 — DINO's last layer with ``norm_last_layer=True``.
 
-    ``matmul_dtype='bfloat16'`` runs the product (and its gradient) in bfloat16 after
-    normalising v in float32, and returns bfloat16 (``--precision=mixed_bfloat16``: DINO's
+    ``matmul_dtype="bfloat16"`` (or float16) runs the product (and its gradient) in that type after
+    normalising v in float32, and returns that type (``--precision=mixed_bfloat16``: DINO's
     65536-wide layer is the largest product of its step; its loss reads bfloat16 logits in
     float32 without keeping a float32 copy)."""
 
     def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
-        if matmul_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"matmul_dtype={matmul_dtype!r}: accepted float32, bfloat16")
+        if matmul_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"matmul_dtype={matmul_dtype!r}: accepted float32, bfloat16, float16")
         self.units, self.matmul_dtype = units, matmul_dtype
 
     def build(self, input_shape):
@@ -112,11 +112,12 @@ def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int 
     """DINO's head (Caron et al. 2021): 3-layer MLP (2048, 2048, 256) with GELU, L2
     normalisation, then a weight-normalised linear layer to ``out_dim`` (65536).
 
-    ``precision='mixed_bfloat16'``: the MLP and the last product compute in bfloat16 (float32
-    variables) and the output is bfloat16; the L2 and the kernel's normalisations are float32."""
+    ``precision='mixed_bfloat16'`` (``'mixed_float16'``): the MLP and the last product compute in
+    bfloat16 (float16) with float32 variables, and so is the output; the L2 and the kernel's
+    normalisations are float32."""
     with dtype_policy(precision):
         net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu")
-    matmul_dtype = "float32" if precision == "float32" else "bfloat16"
+    matmul_dtype = compute_dtype(precision)
     return keras.Sequential([net, L2Normalize(dtype="float32"),
                              WeightNormDense(out_dim, matmul_dtype, dtype="float32", name="last_layer")], name=name)
 

@@ -9,15 +9,21 @@ from keras import layers
 
 from ssl_tf import distribute
 
-PRECISIONS = ("float32", "mixed_bfloat16")   # mixed_float16 would need loss scaling: not offered
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")   # mixed_float16: with dynamic loss scaling
+
+
+def compute_dtype(precision: str) -> str:
+    """The activations' dtype under ``precision``: float32, bfloat16 or float16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: unknown; accepted: {', '.join(PRECISIONS)}")
+    return precision.replace("mixed_", "")
 
 
 @contextlib.contextmanager
 def dtype_policy(name: str):
     """Layers constructed inside use the Keras dtype policy ``name``; the previous global policy is
     restored on exit (the policy is captured when a layer is constructed)."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision={name!r}: unknown; accepted: {', '.join(PRECISIONS)}")
+    compute_dtype(name)   # refuses unknown names
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(name)
     try:
@@ -66,7 +72,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = inputs if inputs.dtype in (tf.float32, tf.bfloat16) else tf.cast(inputs, tf.float32)
+        x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
         shape = tf.shape(x)
         if x.shape.rank == 2:
             x = x[:, None, None, :]
