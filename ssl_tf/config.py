@@ -232,7 +232,8 @@ class Config:
     jit_compile: str = _f("auto", "XLA-compile the train step: auto (off on CPU, where it measured slower; on for "
                                   "one GPU), true, false.", choices=JIT_CHOICES)
     precision: str = _f("float32", "Compute type of the backbone: float32, mixed_bfloat16 (CPUs with AVX-512 "
-                                   "BF16 or AMX, TPUs: measured 1.47x faster on a ResNet-18 step here) or "
+                                   "BF16 or AMX, TPUs: a ResNet-18 step ran 1.47x faster on an AMD Zen 4 but 1.4-1.7x "
+                                   "slower on an Intel Xeon without AMX: measure yours) or "
                                    "mixed_float16 (GPUs; dynamic loss scaling) — and of DINO's head; variables, "
                                    "losses and the other heads stay float32.",
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
