@@ -46,8 +46,8 @@ def run_if(pred, fn, *args):
     synchronise replicas (``apply_gradients`` does): a replica-context ``cond`` around it fails
     under MirroredStrategy, so with several replicas the ``cond`` runs in the cross-replica
     context and calls ``fn`` on each replica from there (as Keras's ``LossScaleOptimizer``)."""
-    ctx = replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    ctx = replica_context()   # None with one replica
+    if ctx is None:
         tf.cond(pred, lambda: fn(*args) or tf.no_op(), tf.no_op)
         return
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ssl_tf.models.layers import BatchNorm, compute_dtype, dtype_policy
+from ssl_tf.models.layers import PRECISIONS, BatchNorm, compute_dtype, dtype_policy
 
 
 def projection_head(hidden_dim: int, out_dim: int = 128, num_layers: int = 2, synchronized_bn: bool = False,
@@ -82,8 +82,9 @@ class WeightNormDense(layers.Layer):
 
     def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
-        if matmul_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"matmul_dtype={matmul_dtype!r}: accepted float32, bfloat16, float16")
+        accepted = [compute_dtype(p) for p in PRECISIONS]
+        if matmul_dtype not in accepted:
+            raise ValueError(f"matmul_dtype={matmul_dtype!r}: accepted {', '.join(accepted)}")
         self.units, self.matmul_dtype = units, matmul_dtype
 
     def build(self, input_shape):
