@@ -80,48 +80,70 @@ def test_stop_gradient_on_targets():
 
 
 def test_dino_loss_and_center_match_numpy():
-    b, k, ts, tt, m = 5, 9, 0.1, 0.04, 0.9
-    student = [_f32(b, k) for _ in range(4)]          # 2 global + 2 local
+    """The student's logits are its bottleneck features times the last layer's kernel (fused into
+    the loss): value and gradients w.r.t. both against NumPy, pair by pair as Alg. 1 writes it."""
+    b, d, k, ts, tt, m = 5, 4, 9, 0.1, 0.04, 0.9
+    student = [_f32(b, d) for _ in range(4)]          # 2 global + 2 local
+    kernel = _f32(d, k)
     teacher = [_f32(b, k) for _ in range(2)]
     center = _f32(k)
     total, pairs = 0.0, 0
-    grads = [np.zeros((b, k)) for _ in student]
+    grads = [np.zeros((b, k)) for _ in student]       # d loss / d logits, per student view
     for i, t in enumerate(teacher):
         pt = np.exp(_log_softmax((t - center) / tt))
-        for v, s in enumerate(student):
+        for v, x in enumerate(student):
             if v != i:
+                s = x.astype(np.float64) @ kernel
                 total += np.mean(-(pt * _log_softmax(s / ts)).sum(1))
                 # d/ds of mean_b -Σ_K P_t log softmax(s / T_s) = (softmax(s / T_s) - P_t) / (T_s · b)
                 grads[v] += (np.exp(_log_softmax(s / ts)) - pt) / (ts * b)
                 pairs += 1
-    student_vars = [tf.Variable(s) for s in student]
+    student_vars, kernel_var = [tf.Variable(x) for x in student], tf.Variable(kernel)
     with tf.GradientTape() as tape:
-        loss = losses.dino_loss(student_vars, teacher, center, ts, tt)
+        loss = losses.dino_loss(student_vars, kernel_var, teacher, center, ts, tt)
+    got = tape.gradient(loss, [kernel_var] + student_vars)
     np.testing.assert_allclose(float(loss), total / pairs, rtol=1e-5)
-    for got, want in zip(tape.gradient(loss, student_vars), grads):
-        np.testing.assert_allclose(got.numpy(), want / pairs, rtol=1e-4, atol=1e-7)
+    want_kernel = sum(x.T @ g for x, g in zip(student, grads)) / pairs
+    np.testing.assert_allclose(got[0].numpy(), want_kernel, rtol=1e-4, atol=1e-6)
+    for g_x, g_s in zip(got[1:], grads):
+        np.testing.assert_allclose(g_x.numpy(), g_s @ kernel.T / pairs, rtol=1e-4, atol=1e-6)
     mean = np.concatenate(teacher).mean(0)
     np.testing.assert_allclose(np.asarray(losses.updated_center(center, mean, m)), m * center + (1 - m) * mean,
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_soft_cross_entropy_and_its_gradient_match_numpy(dtype):
-    """-mean_b Σ_K w log softmax(s / T) with rows of w summing to n, and its hand-written
-    gradient (n softmax(s / T) - w) / (T b), in the logits' dtype (bfloat16 logits: float32 math
-    on the rounded values)."""
-    b, k, n, t = 6, 11, 2.0, 0.1
-    w = sum(np.exp(_log_softmax(_f32(b, k))) for _ in range(int(n)))
-    logits = tf.Variable(tf.cast(_f32(b, k), dtype))
-    s = logits.numpy().astype(np.float64)
-    with tf.GradientTape() as tape:
-        loss = losses.soft_cross_entropy(logits, w, n, t)
-    grad = tape.gradient(loss, logits)
-    assert loss.dtype == tf.float32 and grad.dtype == dtype
-    np.testing.assert_allclose(float(loss), np.mean(-(w * _log_softmax(s / t)).sum(1)), rtol=1e-5)
-    want = (n * np.exp(_log_softmax(s / t)) - w) / (t * b)
-    tol = 1e-5 if dtype == tf.float32 else 1e-2   # bfloat16 gradient: 8-bit mantissa
-    np.testing.assert_allclose(tf.cast(grad, tf.float32).numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_linear_soft_cross_entropy_and_its_gradients_match_numpy(dtype):
+    """Σ_v -mean_b Σ_K w_v log softmax(x_v W / T) with rows of w_v summing to n_v, fused with the
+    product x_v W (run in ``dtype``): value and its gradients g Wᵀ and Σ_v x_vᵀ g, g = (n
+    softmax - w) / (T b), against NumPy — inside a tf.function (graph mode, as in training), at
+    DINO's K = 65536 (softmax entries ~1/K, below float16's smallest normal number)."""
+    b, d, k, t = 6, 8, 65536, 0.1
+    xs = [_unit(_f32(b, d)) for _ in range(3)]
+    kernel = _unit(_f32(k, d)).T                      # weight-normalised columns, as DINO's last layer
+    counts = [1, 1, 2]
+    ws = [sum(np.exp(_log_softmax(_f32(b, k) * 4)) for _ in range(n)) for n in counts]
+    x_vars, k_var = [tf.Variable(x) for x in xs], tf.Variable(kernel)
+
+    @tf.function
+    def value_and_grads():
+        with tf.GradientTape() as tape:
+            loss = losses.linear_soft_cross_entropy(x_vars, k_var, ws, counts, t, dtype)
+        return loss, tape.gradient(loss, [k_var] + x_vars)
+    loss, got = value_and_grads()
+    rounded = (lambda a: tf.cast(tf.cast(a, dtype), tf.float64).numpy())   # the operands the product sees
+    want_loss, want_kernel, want_x = 0.0, 0.0, []
+    for x, w, n in zip(xs, ws, counts):
+        s = rounded(x) @ rounded(kernel)
+        want_loss += np.mean(-(w * _log_softmax(s / t)).sum(1))
+        g = (n * np.exp(_log_softmax(s / t)) - w) / (t * b)
+        want_kernel = want_kernel + x.T @ g
+        want_x.append(g @ kernel.T)
+    assert loss.dtype == tf.float32 and all(g.dtype == tf.float32 for g in got)
+    tol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}[dtype]
+    np.testing.assert_allclose(float(loss), want_loss, rtol=tol)
+    for g, want in zip(got, [want_kernel] + want_x):
+        np.testing.assert_allclose(g.numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_barlow_twins_matches_numpy():

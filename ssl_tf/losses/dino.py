@@ -4,13 +4,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def dino_loss(student, teacher, center, student_temperature: float, teacher_temperature):
+def dino_loss(student, kernel, teacher, center, student_temperature: float, teacher_temperature,
+              matmul_dtype: str = "float32"):
     """Cross-entropy between the teacher's centred, sharpened distribution of each global view and
     the student's distribution of every *other* view.
 
-    ``student``: list of [b, K] logits, the 2 global views first, then the local ones (float32
-    or bfloat16: computed in float32 either way); ``teacher``: list of [b, K] float32 logits of
-    the global views; ``center``: [K].
+    ``student``: list of [b, d] L2-normalised bottleneck features, the 2 global views first, then
+    the local ones; ``kernel``: [d, K], the head's (weight-normalised) last layer, so the
+    student's logits are ``s = student[v] @ kernel`` (the product runs in ``matmul_dtype``);
+    ``teacher``: list of [b, K] float32 logits of the global views; ``center``: [K].
         P_t = softmax((t - c) / T_t) (no gradient),  log P_s = log_softmax(s / T_s)
         L = mean over pairs (t_i, s_v), v != i, of mean_b [ -sum_K P_t log P_s ].
     """
@@ -18,38 +20,52 @@ def dino_loss(student, teacher, center, student_temperature: float, teacher_temp
     # Σ over pairs (i, v), v ≠ i, of P_t,i · log P_s,v = Σ_v (Σ_{i ≠ v} P_t,i) · log P_s,v: one product
     # per student view instead of one per pair (8 instead of 14 [b, K] products at 2 + 6 crops).
     total_target = tf.add_n(targets)
-    total, pairs = 0.0, 0
+    views, weights, counts = [], [], []
     for v, s in enumerate(student):
         others = [t for i, t in enumerate(targets) if i != v]
-        if not others:
-            continue
-        weight = total_target if len(others) == len(targets) else tf.add_n(others)
-        total += soft_cross_entropy(s, weight, len(others), student_temperature)
-        pairs += len(others)
-    return total / pairs
+        if others:
+            views.append(s)
+            weights.append(total_target if len(others) == len(targets) else tf.add_n(others))
+            counts.append(len(others))
+    return linear_soft_cross_entropy(views, kernel, weights, counts, student_temperature, matmul_dtype) / sum(counts)
 
 
-def soft_cross_entropy(logits, weights, total_weight: float, temperature: float):
-    """mean_b [ -Σ_K w · log softmax(logits / T) ] for [b, K] ``weights`` w ≥ 0 with Σ_K w =
-    ``total_weight`` per row (a sum of that many distributions), computed in float32.
+def linear_soft_cross_entropy(features, kernel, weights, counts, temperature: float, matmul_dtype: str = "float32"):
+    """Σ_v mean_b [ -Σ_K w_v · log softmax(features_v @ kernel / T) ] for [b, K] weights w_v ≥ 0
+    whose rows sum to ``counts[v]`` (a sum of that many distributions); softmax math in float32.
 
-    Its gradient, (total_weight · softmax(logits / T) − w) / (T · b), is recomputed from the
-    logits in the backward pass and returned in the logits' dtype: only the logits are kept
-    between the passes (bfloat16 ones stay bfloat16) — not a float32 log-softmax per view."""
-    weights = tf.stop_gradient(tf.cast(weights, tf.float32))
+    Fused with the linear layer: each view's [b, K] logits live only while that view is processed
+    — one view at a time — because the gradients are formed in the same pass, with
+    g = (n · softmax(s / T) − w) / (T · b):  d/dfeatures_v = g · kernelᵀ,  d/dkernel = Σ_v featuresᵀ_v · g.
+    Nothing of size K per example is kept for the backward pass (at 2 + 6 crops, batch 256,
+    K = 65536 that was 2,048 × 65,536 logits plus their softmax and gradient)."""
+    weights = [tf.stop_gradient(tf.cast(w, tf.float32)) for w in weights]
+    features = [tf.convert_to_tensor(x) for x in features]
 
     @tf.custom_gradient
-    def cross_entropy(logits):
-        z = tf.cast(logits, tf.float32) / temperature
-        loss = tf.reduce_mean(total_weight * tf.reduce_logsumexp(z, -1) - tf.reduce_sum(weights * z, -1))
+    def fused(kernel, *features):
+        k = tf.cast(kernel, matmul_dtype)
+        loss = tf.constant(0.0)
+        d_kernel = tf.zeros_like(kernel, tf.float32)
+        d_features = []
+        for x, w, n in zip(features, weights, counts):
+            with tf.control_dependencies([d_kernel]):   # the views in sequence: one [b, K] at a time
+                xm = tf.cast(x, matmul_dtype)
+                z = tf.cast(tf.matmul(xm, k), tf.float32) / temperature
+            lse = tf.reduce_logsumexp(z, -1, keepdims=True)
+            loss += tf.reduce_mean(n * lse[:, 0] - tf.reduce_sum(w * z, -1))
+            # n·softmax − w lies in [−n, n]: cast to the product's type before the 1 / (T·b) factor,
+            # which is applied to the float32 products
+            g = tf.cast(n * tf.exp(z - lse) - w, matmul_dtype)
+            unscale = 1.0 / (temperature * tf.cast(tf.shape(x)[0], tf.float32))
+            d_features.append(tf.cast(tf.matmul(g, k, transpose_b=True), tf.float32) * unscale)
+            d_kernel += tf.cast(tf.matmul(xm, g, transpose_a=True), tf.float32) * unscale
 
         def grad(upstream):
-            z = tf.cast(logits, tf.float32) / temperature
-            rows = tf.cast(tf.shape(logits)[0], tf.float32)
-            d = (total_weight * tf.nn.softmax(z, -1) - weights) * (upstream / (temperature * rows))
-            return tf.cast(d, logits.dtype)
+            return [tf.cast(upstream * d_kernel, kernel.dtype)] + [
+                tf.cast(upstream * d, x.dtype) for d, x in zip(d_features, features)]
         return loss, grad
-    return cross_entropy(logits)
+    return fused(tf.convert_to_tensor(kernel), *features)
 
 
 def updated_center(center, teacher_batch_mean, momentum: float):

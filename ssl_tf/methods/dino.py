@@ -6,8 +6,9 @@ cosine), sees the 2 global crops. The teacher's outputs are centred (centre upda
 momentum 0.9 from the global-batch mean) and sharpened with a temperature warmed up linearly
 from 0.04 to 0.07; the student's temperature is 0.1. Evaluation and export use the teacher's
 backbone, as the paper does. With ``precision='mixed_bfloat16'`` the head computes in bfloat16
-too (its 2048-wide MLP and 65536-wide last layer were 17 % of a ResNet-18 step); the loss reads
-its bfloat16 logits in float32.
+too (its 2048-wide MLP and 65536-wide last layer were 17 % of a ResNet-18 step). The student's
+last layer is fused with the loss (``losses.linear_soft_cross_entropy``): its [views × b, 65536]
+logits are formed one view at a time and never kept for the backward pass.
 """
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ class DINO(SSLMethod):
         global_views, local_views = batch["views"]                     # [b, 2, S, S, 3], [b, n, s, s, 3]
         crops = [global_views[:, 0], global_views[:, 1]] + [local_views[:, i] for i in range(local_views.shape[1])]
         features = encode_views(self.encoder, crops, training)
-        student = encode_views(self.head, features, training)
+        *body, last = self.head.layers   # the MLP and L2 norm; the 65536-wide layer is fused with the loss
+        student = encode_views(lambda x, training: _through(body, x, training), features, training)
         teacher = [tf.cast(t, tf.float32) for t in target_outputs(self.teacher_encoder, self.teacher_head, crops[:2],
                                                                    training)]
         step = self.current_step()
-        loss = dino_loss(student, teacher, self.center, self.student_temperature, self.teacher_temperature_at(step))
+        loss = dino_loss(student, last.normalized_kernel(), teacher, self.center, self.student_temperature,
+                         self.teacher_temperature_at(step), matmul_dtype=last.matmul_dtype)
         local_sum = tf.add_n([tf.reduce_sum(t, 0) for t in teacher])   # no [2b, K] concatenated copy
         count = tf.cast(tf.shape(teacher[0])[0] * len(teacher), tf.float32)
         batch_mean = distribute.cross_replica_sum(local_sum) / distribute.cross_replica_sum(count)
@@ -74,3 +77,9 @@ class DINO(SSLMethod):
     def after_update(self, aux, step):
         self.momentum_update(cosine_momentum(self.momentum, step, self.total_steps))
         self.center.assign(updated_center(self.center, aux["teacher_mean"], self.center_momentum))
+
+
+def _through(layers, x, training):
+    for layer in layers:
+        x = layer(x, training=training)
+    return x

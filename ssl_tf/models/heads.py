@@ -77,8 +77,8 @@ class WeightNormDense(layers.Layer):
 
     ``matmul_dtype="bfloat16"`` (or float16) runs the product (and its gradient) in that type after
     normalising v in float32, and returns that type (``--precision=mixed_bfloat16``: DINO's
-    65536-wide layer is the largest product of its step; its loss reads bfloat16 logits in
-    float32 without keeping a float32 copy)."""
+    65536-wide layer is the largest product of its step). The student's DINO loss does not call
+    it: it multiplies by ``normalized_kernel()`` itself, fused with the loss."""
 
     def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
@@ -90,9 +90,14 @@ class WeightNormDense(layers.Layer):
     def build(self, input_shape):
         self.v = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="v")
 
+    def normalized_kernel(self):
+        """v / ||v|| per output column, float32 (DINO's fused loss multiplies by it itself)."""
+        import tensorflow as tf
+        return tf.math.l2_normalize(self.v, axis=0)
+
     def call(self, x):
         import tensorflow as tf
-        kernel = tf.math.l2_normalize(self.v, axis=0)
+        kernel = self.normalized_kernel()
         if self.matmul_dtype == "float32":
             return tf.matmul(x, kernel)
         return tf.matmul(tf.cast(x, self.matmul_dtype), tf.cast(kernel, self.matmul_dtype))
