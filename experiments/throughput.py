@@ -413,7 +413,7 @@ def main():
             json.dump(rows, f, indent=2)
 
 
-def best(row, ips) -> str:
+def best(ips) -> str:
     """ssl_tf's step against the faster of PyTorch's two modes."""
     torch_best = max((ips[c] for c in ("torch eager", "torch compile") if ips.get(c)), default=None)
     return f"{ips['tf step'] / torch_best:.2f}" if torch_best and ips.get("tf step") else "–"
@@ -435,7 +435,7 @@ def table(rows) -> str:
         lines.append(f"| {r['method']} | {r['backbone']} | {r['batch']} | " +
                      " | ".join(str(ips[c] or r.get(c, {}).get("error", "–")) for c in cols) +
                      f" | {cost('floor')} | {cost('floor+target')} | {ratio('tf step', 'torch compile')} "
-                     f"| {ratio('tf step', 'torch eager')} | {best(r, ips)} | {mem} |")
+                     f"| {ratio('tf step', 'torch eager')} | {best(ips)} | {mem} |")
     return "\n".join(lines)
 
 
