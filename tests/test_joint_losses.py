@@ -22,15 +22,64 @@ def _f32(*shape):
     return RNG.normal(size=shape).astype(np.float32)
 
 
-def test_info_nce_matches_numpy():
-    q, k, queue = _f32(6, 5), _f32(6, 5), _f32(12, 5)
-    t = 0.2
+@pytest.mark.parametrize("graph", [False, True])
+def test_info_nce_and_its_gradients_match_numpy(graph):
+    """Value, accuracy and gradients w.r.t. the raw q and k, through the L2 normalisation."""
+    b, d, n_queue, t = 6, 5, 12, 0.2
+    q, k, queue = _f32(b, d), _f32(b, d), _f32(n_queue, d)
     qn, kn, nn_ = _unit(q), _unit(k), _unit(queue)
     logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ nn_.T], 1) / t
     expected = -_log_softmax(logits)[:, 0].mean()
-    out = losses.info_nce(q, k, queue, t)
-    np.testing.assert_allclose(float(out.loss), expected, rtol=1e-5)
-    np.testing.assert_allclose(float(out.accuracy), np.mean(logits.argmax(1) == 0))
+    # gradients of the mean loss w.r.t. the unit rows (softmax p over [k, N]) ...
+    p = np.exp(_log_softmax(logits))
+    g_qn = (p[:, :1] * kn + p[:, 1:] @ nn_ - kn) / t / b
+    g_kn = (p[:, :1] - 1) * qn / t / b
+
+    # ... then through u = z/||z||: dL/dz = (g - (g·u) u) / ||z||
+    def through_norm(g, z, u):
+        return (g - (g * u).sum(1, keepdims=True) * u) / np.linalg.norm(z, axis=1, keepdims=True)
+
+    def run(q, k):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k])
+            out = losses.info_nce(q, k, queue, t)
+        return (out.loss, out.accuracy) + tuple(tape.gradient(out.loss, [q, k]))
+    fn = tf.function(run) if graph else run
+    loss, acc, d_q, d_k = fn(tf.constant(q), tf.constant(k))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(acc), np.mean(logits.argmax(1) == 0))
+    np.testing.assert_allclose(d_q.numpy(), through_norm(g_qn, q, qn), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(d_k.numpy(), through_norm(g_kn, k, kn), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 12, 64])
+def test_queue_cross_entropy_chunks_agree_with_numpy(chunk):
+    b, d, n_queue, t = 4, 3, 12, 0.1
+    qn, kn, queue = _unit(_f32(b, d)), _unit(_f32(b, d)), _f32(n_queue, d) * 3.0
+    logits = np.concatenate([(qn * kn).sum(1, keepdims=True), qn @ _unit(queue).T], 1) / t
+    p = np.exp(_log_softmax(logits))
+    q_var, k_var = tf.Variable(qn), tf.Variable(kn)
+    with tf.GradientTape() as tape:
+        loss, correct = losses.queue_cross_entropy(q_var, k_var, queue, t, chunk=chunk)
+        total = tf.reduce_sum(loss * np.arange(1, b + 1, dtype=np.float32))   # a different upstream per query
+    d_q, d_k = tape.gradient(total, [q_var, k_var])
+    weights = np.arange(1, b + 1)[:, None]
+    np.testing.assert_allclose(loss.numpy(), -_log_softmax(logits)[:, 0], rtol=1e-5)
+    np.testing.assert_array_equal(correct.numpy(), logits.argmax(1) == 0)
+    np.testing.assert_allclose(d_q.numpy(), weights * (p[:, :1] * kn + p[:, 1:] @ _unit(queue) - kn) / t,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(d_k.numpy(), weights * (p[:, :1] - 1) * qn / t, rtol=1e-4, atol=1e-5)
+
+
+def test_queue_cross_entropy_counts_the_positive_as_correct_when_it_wins():
+    # query 0 is its own key (logit 1/T, above any other), query 1's key is its opposite
+    q = np.eye(3, dtype=np.float32)[:2]
+    k = np.stack([q[0], -q[1]])
+    negatives = np.eye(3, dtype=np.float32)[[1, 2]]
+    loss, correct = losses.queue_cross_entropy(tf.constant(q), tf.constant(k), tf.constant(negatives), 0.5)
+    np.testing.assert_array_equal(correct.numpy(), [1.0, 0.0])
+    logits = np.array([[2.0, 0.0, 0.0], [-2.0, 2.0, 0.0]])
+    np.testing.assert_allclose(loss.numpy(), -_log_softmax(logits)[:, 0], rtol=1e-5)
 
 
 def test_batch_contrastive_matches_numpy_with_offset():
@@ -104,9 +153,11 @@ def test_dino_loss_and_center_match_numpy():
     got = tape.gradient(loss, [kernel_var] + student_vars)
     np.testing.assert_allclose(float(loss), total / pairs, rtol=1e-5)
     want_kernel = sum(x.T @ g for x, g in zip(student, grads)) / pairs
-    np.testing.assert_allclose(got[0].numpy(), want_kernel, rtol=1e-4, atol=1e-6)
+    # float32 against float64: entries near zero are compared at 1e-5 of the largest entry
+    np.testing.assert_allclose(got[0].numpy(), want_kernel, rtol=1e-4, atol=1e-5 * np.abs(want_kernel).max())
     for g_x, g_s in zip(got[1:], grads):
-        np.testing.assert_allclose(g_x.numpy(), g_s @ kernel.T / pairs, rtol=1e-4, atol=1e-6)
+        want = g_s @ kernel.T / pairs
+        np.testing.assert_allclose(g_x.numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     mean = np.concatenate(teacher).mean(0)
     np.testing.assert_allclose(np.asarray(losses.updated_center(center, mean, m)), m * center + (1 - m) * mean,
                                rtol=1e-6)

@@ -151,6 +151,37 @@ def test_byol_momentum_follows_the_cosine_schedule():
     assert float(cosine_momentum(0.996, 100, 100)) == pytest.approx(1.0)
 
 
+def _reads_any(output, variables):
+    """Whether computing a function's ``output`` (data and control edges) reads any of ``variables``.
+    The walk starts below the output's Identity, whose control edges reach every stateful op."""
+    ids = {id(getattr(v, "value", v).handle) for v in variables}
+    handles = {internal.ref() for external, internal in output.graph.captures if id(external) in ids}
+    seen, stack = set(), [output.op.inputs[0].op]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if any(t.ref() in handles for t in op.inputs):
+            return True
+        stack += [t.op for t in op.inputs] + list(op.control_inputs)
+    return False
+
+
+@pytest.mark.parametrize("name", ["moco", "byol", "dino", "moco_v3"])
+def test_the_target_forward_runs_before_the_online_one(name):
+    """base.after: the online backbone's features depend (by a control edge) on the target's forward,
+    so the target's activations are gone before the online ones pile up for the backward pass."""
+    model, batch = _built(name)
+    target = model.targets[0].trainable_weights
+    graph = tf.function(lambda b: model.objective(b, training=True).features).get_concrete_function(batch).graph
+    assert _reads_any(graph.outputs[0], target)
+    alone = tf.function(lambda x: model.encoder(x, training=True))   # the walk itself: no target, no edge
+    x = tf.nest.flatten(batch["views"])[0]
+    x = x[:, 0] if x.shape.rank == 5 else x                        # DINO: [b, 2, S, S, 3] global views
+    assert not _reads_any(alone.get_concrete_function(x).graph.outputs[0], target)
+
+
 # -- MoCo: queue and shuffle BN ----------------------------------------------------------------
 
 def test_moco_queue_holds_the_last_k_keys_in_order():

@@ -1,7 +1,8 @@
 """Losses: pure functions of tensors, each with its formula and paper in the docstring."""
 from ssl_tf.losses.classification import cross_entropy, rebalanced_cross_entropy, rebalancing_weights  # noqa: F401
 from ssl_tf.losses.contrastive import (ContrastiveOutput, batch_contrastive, info_nce,  # noqa: F401
-                                       memory_bank_logits, memory_bank_nce, nce_normaliser, nt_xent)
+                                       memory_bank_logits, memory_bank_nce, nce_normaliser, nt_xent,
+                                       queue_cross_entropy)
 from ssl_tf.losses.dino import dino_loss, linear_soft_cross_entropy, updated_center  # noqa: F401
 from ssl_tf.losses.redundancy import barlow_lambda, barlow_twins_loss, vicreg_loss, vicreg_terms  # noqa: F401
 from ssl_tf.losses.similarity import byol_loss, negative_cosine, normalized_mse, simsiam_loss  # noqa: F401

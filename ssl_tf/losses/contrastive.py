@@ -56,16 +56,59 @@ def info_nce(q, k, negatives, temperature: float) -> ContrastiveOutput:
     ``q``, ``k``: [b, d] queries and their positive keys; ``negatives``: [K, d] queued keys.
     With u = z/||z||:  l(i) = -log( exp(q_i·k_i/T) / (exp(q_i·k_i/T) + sum_j exp(q_i·n_j/T)) ),
     i.e. cross-entropy of the logits [q·k, q·N^T]/T against class 0. Mean over the b queries.
+    Computed by ``queue_cross_entropy`` a slice of the queue at a time; the queue is a constant
+    (no gradient), as in MoCo.
     """
-    q, k = tf.math.l2_normalize(q, -1), tf.math.l2_normalize(k, -1)
-    negatives = tf.math.l2_normalize(negatives, -1)
-    l_pos = tf.reduce_sum(q * k, -1, keepdims=True)                  # [b, 1]
-    l_neg = tf.matmul(q, negatives, transpose_b=True)                # [b, K]
-    logits = tf.concat([l_pos, l_neg], 1) / temperature
-    labels = tf.zeros([tf.shape(q)[0]], tf.int32)
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
-    return ContrastiveOutput(loss, acc)
+    q, k = tf.math.l2_normalize(tf.cast(q, tf.float32), -1), tf.math.l2_normalize(tf.cast(k, tf.float32), -1)
+    per_example, correct = queue_cross_entropy(q, k, tf.stop_gradient(negatives), temperature)
+    return ContrastiveOutput(tf.reduce_mean(per_example), tf.reduce_mean(correct))
+
+
+def queue_cross_entropy(q, k, negatives, temperature: float, chunk: int = 4096):
+    """Per-query cross-entropy of the logits [q·k, q·n̂ᵀ]/T against class 0, and whether the
+    positive has the largest logit, for unit rows ``q``, ``k`` [b, d] and constant ``negatives``
+    [K, d] (n̂: its rows L2-normalised here). With p = softmax of those logits, the gradients
+
+        ∂l_i/∂q_i = (p_i0·k_i + Σ_j p_ij·n̂_j − k_i) / T        ∂l_i/∂k_i = (p_i0 − 1)·q_i / T
+
+    are formed in the forward pass, which walks the negatives ``chunk`` rows at a time with a
+    running maximum (the online softmax): the largest transient is [b, chunk], not [b, K]. The
+    loss is computed when the encoder's activations are all alive, so its transients add to the
+    step's peak memory (issue 7)."""
+    negatives = tf.convert_to_tensor(negatives, tf.float32)
+    size = negatives.shape[0]
+
+    @tf.custom_gradient
+    def fused(q, k):
+        qs = q / temperature
+        l_pos = tf.reduce_sum(qs * k, -1, keepdims=True)               # [b, 1]
+        top = l_pos                                                    # running max of every logit
+        top_neg = tf.fill(tf.shape(l_pos), float("-inf"))
+        total = tf.ones_like(l_pos)                                    # Σ exp(logit − top)
+        weighted = tf.zeros_like(q)                                    # Σ_j exp(l_j − top)·n̂_j
+        for start in range(0, size, chunk):
+            with tf.control_dependencies([weighted]):                  # one chunk at a time
+                n = tf.math.l2_normalize(negatives[start:start + chunk], -1)
+                logits = tf.matmul(qs, n, transpose_b=True)            # [b, chunk]
+            top_chunk = tf.reduce_max(logits, -1, keepdims=True)
+            top_neg = tf.maximum(top_neg, top_chunk)
+            new_top = tf.maximum(top, top_chunk)
+            rescale = tf.exp(top - new_top)
+            e = tf.exp(logits - new_top)
+            total = total * rescale + tf.reduce_sum(e, -1, keepdims=True)
+            weighted = weighted * rescale + tf.matmul(e, n)
+            top = new_top
+        loss = (top + tf.math.log(total) - l_pos)[:, 0]
+        p_pos = tf.exp(l_pos - top) / total
+        d_q = ((p_pos - 1.0) * k + weighted / total) / temperature
+        d_k = (p_pos - 1.0) * qs
+        correct = tf.cast(l_pos[:, 0] >= top_neg[:, 0], tf.float32)   # argmax = 0 (ties go to the first)
+
+        def grad(d_loss, d_correct):
+            del d_correct   # a count: no gradient
+            return d_loss[:, None] * d_q, d_loss[:, None] * d_k
+        return (loss, correct), grad
+    return fused(tf.convert_to_tensor(q), tf.convert_to_tensor(k))
 
 
 def batch_contrastive(q, k_all, temperature: float, offset=0) -> ContrastiveOutput:

@@ -5,7 +5,7 @@ Loss: the symmetrised normalised MSE, stop-gradient on the target."""
 from __future__ import annotations
 
 from ssl_tf.losses import byol_loss
-from ssl_tf.methods.base import Objective, SSLMethod, clone_network, encode_views, target_outputs
+from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
 from ssl_tf.models import mlp
 from ssl_tf.optim import cosine_momentum
 
@@ -34,10 +34,11 @@ class BYOL(SSLMethod):
 
     def objective(self, batch, training):
         x1, x2 = batch["views"]
+        t1, t2 = target_outputs(self.target_encoder, self.target_projector, [x1, x2], training)
+        x1, x2 = after([t1, t2], x1, x2)                    # the target's forward first (base.after)
         h1, h2 = encode_views(self.encoder, [x1, x2], training)
         z1, z2 = encode_views(self.projector, [h1, h2], training)
         p1, p2 = encode_views(self.predictor, [z1, z2], training)
-        t1, t2 = target_outputs(self.target_encoder, self.target_projector, [x1, x2], training)
         return Objective(byol_loss(p1, p2, t1, t2), features=h1, embeddings=z1, logs={})
 
     def after_update(self, aux, step):

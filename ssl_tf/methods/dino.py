@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import dino_loss, updated_center
-from ssl_tf.methods.base import Objective, SSLMethod, clone_network, encode_views, target_outputs
+from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
 from ssl_tf.models import dino_head
 from ssl_tf.optim import cosine_momentum, linear_warmup_value
 
@@ -59,11 +59,12 @@ class DINO(SSLMethod):
     def objective(self, batch, training):
         global_views, local_views = batch["views"]                     # [b, 2, S, S, 3], [b, n, s, s, 3]
         crops = [global_views[:, 0], global_views[:, 1]] + [local_views[:, i] for i in range(local_views.shape[1])]
+        teacher = [tf.cast(t, tf.float32) for t in target_outputs(self.teacher_encoder, self.teacher_head, crops[:2],
+                                                                   training)]
+        crops = after(teacher, *crops)                      # the teacher's forward first (base.after)
         features = encode_views(self.encoder, crops, training)
         *body, last = self.head.layers   # the MLP and L2 norm; the 65536-wide layer is fused with the loss
         student = encode_views(lambda x, training: _through(body, x, training), features, training)
-        teacher = [tf.cast(t, tf.float32) for t in target_outputs(self.teacher_encoder, self.teacher_head, crops[:2],
-                                                                   training)]
         step = self.current_step()
         loss = dino_loss(student, last.normalized_kernel(), teacher, self.center, self.student_temperature,
                          self.teacher_temperature_at(step), matmul_dtype=last.matmul_dtype)

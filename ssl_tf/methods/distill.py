@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import cross_entropy, distillation_loss
-from ssl_tf.methods.base import Objective
+from ssl_tf.methods.base import Objective, after
 from ssl_tf.methods.supervised import Classifier
 
 
@@ -45,6 +45,7 @@ class Distiller(Classifier):
     def objective(self, batch, training):
         x, y = batch["views"], batch["label"]
         t = self.teacher_logits(x)
+        x, = after(t, x)                                    # the teacher's forward first (base.after)
         s = self(x, training=training)
         loss = distillation_loss(t, s, self.temperature)
         logs = {"distill_loss": loss,

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import info_nce
-from ssl_tf.methods.base import Objective, SSLMethod, clone_network
+from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, write_rows
 from ssl_tf.models import mlp
 
 
@@ -79,9 +79,10 @@ class MoCo(SSLMethod):
 
     def objective(self, batch, training):
         x_q, x_k = batch["views"]
+        k_all = self.encode_keys(x_k, training)                      # keys of every replica, k.detach()
+        x_q, = after(k_all, x_q)                                     # then the queries (base.after)
         h = self.encoder(x_q, training=training)
         q = self.head(h, training=training)                          # queries: b × C
-        k_all = self.encode_keys(x_k, training)                      # keys of every replica, k.detach()
         b, rid = tf.shape(x_q)[0], distribute.replica_id()
         k = k_all[rid * b:(rid + 1) * b]
         out = info_nce(q, k, self.queue, self.temperature)           # l_pos, l_neg, logits / T, labels 0, CE
@@ -98,7 +99,7 @@ class MoCo(SSLMethod):
         oldest row is at ``queue_ptr``; K is a multiple of B."""
         n = tf.shape(keys)[0]
         rows = (self.queue_ptr + tf.range(n)) % self.queue.shape[0]
-        self.queue.assign(tf.tensor_scatter_nd_update(self.queue, rows[:, None], tf.math.l2_normalize(keys, -1)))
+        write_rows(self.queue, rows, tf.math.l2_normalize(keys, -1))
         self.queue_ptr.assign((self.queue_ptr + n) % self.queue.shape[0])
 
     def ordered_queue(self):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import batch_contrastive
-from ssl_tf.methods.base import Objective, SSLMethod, clone_network, encode_views, target_outputs
+from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
 from ssl_tf.models import mlp
 from ssl_tf.optim import cosine_momentum
 
@@ -37,10 +37,11 @@ class MoCoV3(SSLMethod):
 
     def objective(self, batch, training):
         x1, x2 = batch["views"]
+        k1, k2 = target_outputs(self.momentum_encoder, self.momentum_projector, [x1, x2], training)
+        x1, x2 = after([k1, k2], x1, x2)                    # the momentum forward first (base.after)
         h1, h2 = encode_views(self.encoder, [x1, x2], training)
         q1, q2 = (self.predictor(z, training=training)
                   for z in encode_views(self.projector, [h1, h2], training))
-        k1, k2 = target_outputs(self.momentum_encoder, self.momentum_projector, [x1, x2], training)
         offset = distribute.replica_id() * tf.shape(x1)[0]
         a = batch_contrastive(q1, distribute.gather(k2), self.temperature, offset)
         b = batch_contrastive(q2, distribute.gather(k1), self.temperature, offset)

@@ -13,7 +13,7 @@ from keras import layers
 
 from ssl_tf import distribute
 from ssl_tf.losses import memory_bank_logits, memory_bank_nce, nce_normaliser
-from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.base import Objective, SSLMethod, write_rows
 
 
 def updated_rows(rows, features, momentum: float):
@@ -59,5 +59,5 @@ class NPID(SSLMethod):
     def after_update(self, aux, step):
         index = aux["index"]
         rows = updated_rows(tf.gather(self.bank, index), aux["features"], self.bank_momentum)
-        self.bank.assign(tf.tensor_scatter_nd_update(self.bank, index[:, None], rows))
+        write_rows(self.bank, index, rows)
         self.z.assign(aux["z"])
