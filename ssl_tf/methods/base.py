@@ -97,10 +97,10 @@ def ema_update(pairs, momentum):
 
 def write_rows(variable, rows, values):
     """``variable[rows] = values`` in place (a queue or memory bank of K rows): a scatter into
-    the variable's own buffer rather than ``assign`` of an updated copy, which allocated a new
-    K-row buffer every step — with MoCo's 65536 × 128 queue that grew the process's RSS by
-    ~350 MB over the first steps (issue 7). Under a strategy, the variables of the
-    ``only_first_replica`` kind take the first replica's rows."""
+    the variable's own buffer rather than ``assign`` of an updated copy of all K rows (one
+    K × d copy per step; its effect on MoCo's peak RSS was within the run-to-run spread, issue
+    7). Under a strategy, the variables of the ``only_first_replica`` kind take the first
+    replica's rows."""
     target = getattr(variable, "value", variable)   # a Keras variable wraps a tf.Variable
     target.scatter_update(tf.IndexedSlices(tf.cast(values, target.dtype), rows))
 
