@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -133,9 +135,67 @@ def bn(name, sync):
     return BatchNorm(sync=sync, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
+def _out_size(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """(output size, padding before) of one spatial axis, as TensorFlow's SAME / VALID define them."""
+    if padding == "valid":
+        return (size - kernel) // stride + 1, 0
+    out = -(-size // stride)
+    return out, max((out - 1) * stride + kernel - size, 0) // 2
+
+
+def small_conv2d(x, kernel, stride: int = 1, padding: str = "same"):
+    """A 2-D convolution of a small image as one matrix product: output pixel (i, j) is
+    Σ_(p, q) x[p, q] · kernel[p − i·stride + pad_top, q − j·stride + pad_left] over the input
+    pixels whose tap falls inside the kernel, so the whole convolution is x reshaped to
+    [batch, h·w·c] times a [h·w·c, out_h·out_w·filters] matrix assembled from the kernel's taps
+    (zeros where no tap applies). Same result as ``tf.nn.conv2d`` (NHWC, static h, w); cheaper where
+    the output has a handful of pixels: oneDNN runs a 3×3 convolution of a 2×2 image at a third of
+    the speed it reaches on larger ones (issue 7: DINO's 16-px crops end ResNet-18 at 2×2)."""
+    _, h, w, c = x.shape
+    kh, kw, _, filters = kernel.shape
+    out_h, top = _out_size(h, kh, stride, padding)
+    out_w, left = _out_size(w, kw, stride, padding)
+    tap = np.full([h * w, out_h * out_w], kh * kw, np.int32)   # index kh·kw = the zero block
+    for p, q, i, j in itertools.product(range(h), range(w), range(out_h), range(out_w)):
+        a, b = p - i * stride + top, q - j * stride + left
+        if 0 <= a < kh and 0 <= b < kw:
+            tap[p * w + q, i * out_w + j] = a * kw + b
+    taps = tf.concat([tf.reshape(kernel, [kh * kw, c, filters]), tf.zeros([1, c, filters], kernel.dtype)], 0)
+    matrix = tf.reshape(tf.transpose(tf.gather(taps, tap), [0, 2, 1, 3]), [h * w * c, out_h * out_w * filters])
+    y = tf.matmul(tf.reshape(x, [-1, h * w * c]), matrix)
+    return tf.reshape(y, [-1, out_h, out_w, filters])
+
+
+def small_conv_pays(h, w, kernel, stride: int, padding: str) -> bool:
+    """Whether ``small_conv2d`` beats oneDNN's convolution (measured, MEASURED.md session 13): the
+    output has at most 4 pixels and the product does at most twice the convolution's multiply-adds
+    (h·w ≤ 2·kh·kw; 1×1 kernels only on 1×2 images). Unknown sizes: no."""
+    if h is None or w is None:
+        return False
+    kh, kw = kernel
+    out_h, _ = _out_size(h, kh, stride, padding)
+    out_w, _ = _out_size(w, kw, stride, padding)
+    return out_h * out_w <= 4 and h * w <= 2 * kh * kw
+
+
+@keras.saving.register_keras_serializable("ssl_tf")
+class Conv2D(keras.layers.Conv2D):
+    """Keras's Conv2D (same weights, same config) that runs ``small_conv2d`` when the traced input's
+    height and width are known and small enough for it to pay (``small_conv_pays``)."""
+
+    def convolution_op(self, inputs, kernel):
+        strides = tuple(self.strides)
+        if (self.data_format == "channels_last" and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
+                and strides[0] == strides[1] and len(inputs.shape) == 4
+                and small_conv_pays(inputs.shape[1], inputs.shape[2], tuple(self.kernel_size), strides[0],
+                                    self.padding)):
+            return small_conv2d(inputs, kernel, strides[0], self.padding)
+        return super().convolution_op(inputs, kernel)
+
+
 def conv(filters, kernel, stride, name, use_bias=False):
-    return layers.Conv2D(filters, kernel, stride, padding="same", use_bias=use_bias,
-                         kernel_initializer="he_normal", name=name)
+    return Conv2D(filters, kernel, stride, padding="same", use_bias=use_bias, kernel_initializer="he_normal",
+                  name=name)
 
 
 def image_input(input_mode: str = "rgb"):
