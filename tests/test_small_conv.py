@@ -69,6 +69,11 @@ def test_small_conv_pays_only_for_tiny_outputs_at_bounded_cost(h, w, kernel, str
     assert L.small_conv_pays(h, w, kernel, stride, "same") is pays
 
 
+def test_small_conv_pays_never_for_an_empty_valid_output():
+    assert L.small_conv_pays(2, 2, (3, 3), 1, "valid") is False   # (2 − 3) + 1 = 0 rows
+    assert L.small_conv_pays(3, 3, (3, 3), 1, "valid") is True
+
+
 def test_a_resnet_on_16px_crops_runs_its_last_stage_as_matrix_products_with_the_same_result():
     """ResNet-18 on 16-px images ends at 2×2: the last stage's 3×3 convolutions (the stride-2 one
     from 4×4 included) become products; features and gradients equal Keras's own Conv2D's."""

@@ -168,14 +168,14 @@ def small_conv2d(x, kernel, stride: int = 1, padding: str = "same"):
 
 def small_conv_pays(h, w, kernel, stride: int, padding: str) -> bool:
     """Whether ``small_conv2d`` beats oneDNN's convolution (measured, MEASURED.md session 13): the
-    output has at most 4 pixels and the product does at most twice the convolution's multiply-adds
-    (h·w ≤ 2·kh·kw; 1×1 kernels only on 1×2 images). Unknown sizes: no."""
+    output has 1 to 4 pixels and the product does at most twice the convolution's multiply-adds
+    (h·w ≤ 2·kh·kw: a 1×1 kernel only on images of 1 or 2 pixels). Unknown sizes: no."""
     if h is None or w is None:
         return False
     kh, kw = kernel
     out_h, _ = _out_size(h, kh, stride, padding)
     out_w, _ = _out_size(w, kw, stride, padding)
-    return out_h * out_w <= 4 and h * w <= 2 * kh * kw
+    return out_h >= 1 and out_w >= 1 and out_h * out_w <= 4 and h * w <= 2 * kh * kw
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
