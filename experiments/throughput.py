@@ -4,6 +4,7 @@
     python experiments/throughput.py --methods simclr --width 0.25 --batch 64 --steps 5
     python experiments/throughput.py --overrides '{"precision": "mixed_bfloat16"}'   # a lever
     python experiments/throughput.py --methods simclr --no_torch --tf_only floor --threads 2,1
+    python experiments/throughput.py --worker tf --what step --method byol --no_recompute   # one lever off
     pip install /path/to/torch-2.13.0+cpu-...whl                      # optional, benchmark only
 
 For each method it measures, each in a fresh subprocess and alternating the frameworks round
@@ -74,6 +75,8 @@ def _tf_setup(args):
         intra, inter = (int(x) for x in args.threads.split(","))
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
+    from ssl_tf.models import layers
+    layers.Conv2D.recompute = not args.no_recompute   # lever: keep every BN-ReLU output (the old behaviour)
     from ssl_tf.config import Config
     from ssl_tf.data.sources import Examples
     from ssl_tf.methods import METHODS
@@ -318,7 +321,8 @@ def run_worker(framework, what, method, args, spec=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", framework, "--what", what, "--method", method,
            "--width", str(args.width), "--batch", str(args.batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--jit", args.jit, "--overrides", args.overrides,
-           "--threads", args.threads] + (["--torch_bf16"] if args.torch_bf16 else [])
+           "--threads", args.threads] + (["--torch_bf16"] if args.torch_bf16 else []) + (
+               ["--no_recompute"] if args.no_recompute else [])
     if spec is not None:
         cmd += ["--spec", json.dumps(spec)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -347,6 +351,9 @@ def main():
     p.add_argument("--jit", default="auto", choices=("auto", "true", "false"))
     p.add_argument("--overrides", default="{}", help='JSON of Config fields, e.g. {"num_local_crops": 2}')
     p.add_argument("--threads", default="", help="TF intra,inter op threads, e.g. 2,1 (default: TF's)")
+    p.add_argument("--no_recompute", action="store_true",
+                   help="keep the BN-ReLU activations a convolution reads instead of recomputing them in the "
+                        "backward pass (ssl_tf's default since session 14): the memory lever's A/B")
     p.add_argument("--tf_only", default="", help="comma list of TF measurements to run (floor,floor_target,step,augment); "
                    "default both plus torch")
     p.add_argument("--torch_bf16", action="store_true",

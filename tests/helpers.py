@@ -16,3 +16,10 @@ def run_replica_steps(strategy, model, examples, view_fn, global_batch, steps):
         return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
     it = iter(ds)
     return [{k: float(v) for k, v in step(next(it)).items()} for _ in range(steps)]
+
+
+def forward_ops(graph):
+    """The ops a traced ``GradientTape`` step creates before its first gradient op (the forward pass;
+    ``get_operations`` lists ops in creation order)."""
+    ops = graph.get_operations()
+    return ops[:next((i for i, op in enumerate(ops) if op.name.startswith("gradient_tape/")), len(ops))]

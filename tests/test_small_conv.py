@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from ssl_tf.models import layers as L
 from ssl_tf.models.resnet import resnet
+from helpers import forward_ops
 
 
 def _numpy_conv(x, kernel, stride, padding):
@@ -88,7 +89,7 @@ def test_a_resnet_on_16px_crops_runs_its_last_stage_as_matrix_products_with_the_
         return y, tape.gradient(loss, model.trainable_variables)
 
     graph = tf.function(features_and_grads).get_concrete_function(tf.TensorSpec(x.shape)).graph
-    types = [op.type for op in graph.get_operations()]
+    types = [op.type for op in forward_ops(graph)]
     assert types.count("Conv2D") == 20 - 4   # 20 convolutions, 4 of them (stage 4's 3×3) as products
     assert "GatherV2" in types
     y, grads = features_and_grads(x)

@@ -178,12 +178,67 @@ def small_conv_pays(h, w, kernel, stride: int, padding: str) -> bool:
     return out_h >= 1 and out_w >= 1 and out_h * out_w <= 4 and h * w <= 2 * kh * kw
 
 
+def bn_relu_source(a):
+    """The training batch norm that ``a`` is the ReLU of: (x, scale, offset, mean, variance, epsilon)
+    when the graph tensor ``a`` is ``Relu(FusedBatchNormV3(x, scale, offset, is_training=True))``
+    in NHWC (``BatchNorm``'s fused path followed by a ReLU), else None (eager tensors, other ops)."""
+    if tf.executing_eagerly() or not hasattr(a, "op") or a.op.type != "Relu":
+        return None
+    bn_op = a.op.inputs[0].op
+    if (bn_op.type != "FusedBatchNormV3" or not bn_op.get_attr("is_training")
+            or bn_op.get_attr("data_format") != b"NHWC" or bn_op.get_attr("exponential_avg_factor") != 1.0):
+        return None
+    return (*bn_op.inputs[:5], bn_op.get_attr("epsilon"))
+
+
+def conv_recomputing_input(conv_fn, a, source, kernel):
+    """``conv_fn(a, kernel)`` where ``a = relu(batch_norm(x))`` (``source``, from ``bn_relu_source``),
+    differentiated without keeping ``a`` when the convolution is its only reader: the backward
+    recomputes ``a`` from x (one normalisation pass) and runs the batch norm's, the ReLU's and the
+    convolution's own gradients on the copy, so ``a`` stays out of the backward graph and its memory
+    is freed once the forward has used it (issue 7: one of a basic ResNet block's four saved
+    activations). When anything else reads ``a`` (a residual shortcut, a second convolution) it is
+    kept anyway, and the gradient goes to ``a`` through the ordinary path. Same numbers either way."""
+    x, scale, offset, mean, variance, epsilon = source
+    ours = set()   # the ops this call adds that read ``a``; filled in below, read in the backward pass
+
+    @tf.custom_gradient
+    def run(a, x, scale, offset, kernel):
+        def grad(dy):
+            if set(a.consumers()) - ours:   # ``a`` is kept for another reader: use it
+                with tf.GradientTape() as tape:
+                    tape.watch([a, kernel])
+                    out = conv_fn(a, kernel)   # only its gradient is used: the op itself is pruned
+                da, dkernel = tape.gradient(out, [a, kernel], output_gradients=dy)
+                return [da, None, None, None, dkernel]
+            # x again, but only once dy exists: the recomputation runs in the backward pass and is not
+            # merged with the forward's identical ops (Grappler removes duplicate computations)
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
+            with tf.GradientTape() as tape:
+                tape.watch([x_again, scale, offset, kernel])
+                y = tf.raw_ops.FusedBatchNormV3(x=x_again, scale=scale, offset=offset, mean=mean, variance=variance,
+                                                epsilon=epsilon, is_training=True)[0]
+                out = conv_fn(tf.nn.relu(y), kernel)   # only its gradient is used: the op itself is pruned
+            return [None, *tape.gradient(out, [x_again, scale, offset, kernel], output_gradients=dy)]
+        return conv_fn(a, kernel), grad
+
+    before = set(a.consumers())
+    out = run(a, x, scale, offset, tf.convert_to_tensor(kernel))
+    ours.update(set(a.consumers()) - before)
+    return out
+
+
 @keras.saving.register_keras_serializable("ssl_tf")
 class Conv2D(keras.layers.Conv2D):
     """Keras's Conv2D (same weights, same config) that runs ``small_conv2d`` when the traced input's
-    height and width are known and small enough for it to pay (``small_conv_pays``)."""
+    height and width are known and small enough for it to pay (``small_conv_pays``), and, when its
+    input is the ReLU of a training batch norm, recomputes that input in the backward pass instead
+    of keeping it (``conv_recomputing_input``; ``recompute = False`` turns it off)."""
 
-    def convolution_op(self, inputs, kernel):
+    recompute = True
+
+    def _convolve(self, inputs, kernel):
         strides = tuple(self.strides)
         if (self.data_format == "channels_last" and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
                 and strides[0] == strides[1] and len(inputs.shape) == 4
@@ -191,6 +246,12 @@ class Conv2D(keras.layers.Conv2D):
                                     self.padding)):
             return small_conv2d(inputs, kernel, strides[0], self.padding)
         return super().convolution_op(inputs, kernel)
+
+    def convolution_op(self, inputs, kernel):
+        source = bn_relu_source(inputs) if self.recompute else None
+        if source is None:
+            return self._convolve(inputs, kernel)
+        return conv_recomputing_input(self._convolve, inputs, source, kernel)
 
 
 def conv(filters, kernel, stride, name, use_bias=False):
