@@ -1,4 +1,5 @@
 """Shared test helpers (imported by test modules; pytest puts this directory on sys.path)."""
+import numpy as np
 import tensorflow as tf
 
 from ssl_tf.data import pipeline
@@ -23,3 +24,12 @@ def forward_ops(graph):
     ``get_operations`` lists ops in creation order)."""
     ops = graph.get_operations()
     return ops[:next((i for i, op in enumerate(ops) if op.name.startswith("gradient_tape/")), len(ops))]
+
+
+def pad_same(x, kh, kw, stride):
+    """NHWC ``x`` zero-padded as TensorFlow's SAME (total max((out − 1)·s + k − size, 0) per axis, the
+    smaller half first): (padded, out_h, out_w, pad_top, pad_left)."""
+    _, h, w, _ = x.shape
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    ph, pw = max((out_h - 1) * stride + kh - h, 0), max((out_w - 1) * stride + kw - w, 0)
+    return np.pad(x, [(0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)]), out_h, out_w, ph // 2, pw // 2

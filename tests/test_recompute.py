@@ -13,17 +13,9 @@ from tensorflow.python.eager import context
 
 from ssl_tf.models import build_backbone
 from ssl_tf.models import layers as L
-from helpers import forward_ops
+from helpers import forward_ops, pad_same
 
 EPS = L.BN_EPSILON
-
-
-def _pad(a, kernel, stride):
-    """a zero-padded as TensorFlow's SAME, and the output size."""
-    _, h, w, _ = a.shape
-    out_h, out_w = -(-h // stride), -(-w // stride)
-    ph, pw = max((out_h - 1) * stride + kernel - h, 0), max((out_w - 1) * stride + kernel - w, 0)
-    return np.pad(a, [(0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)]), out_h, out_w, ph // 2, pw // 2
 
 
 def _numpy_bn_relu_conv_grads(x, gamma, beta, k, stride, g):
@@ -36,7 +28,7 @@ def _numpy_bn_relu_conv_grads(x, gamma, beta, k, stride, g):
     z = gamma * xhat + beta
     a = np.maximum(z, 0)
     kh = k.shape[0]
-    a_pad, out_h, out_w, top, left = _pad(a, kh, stride)
+    a_pad, out_h, out_w, top, left = pad_same(a, kh, kh, stride)
     dk = np.zeros_like(k)
     da_pad = np.zeros_like(a_pad)
     for i, j, p, q in itertools.product(range(out_h), range(out_w), range(kh), range(kh)):

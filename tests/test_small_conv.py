@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from ssl_tf.models import layers as L
 from ssl_tf.models.resnet import resnet
-from helpers import forward_ops
+from helpers import forward_ops, pad_same
 
 
 def _numpy_conv(x, kernel, stride, padding):
@@ -18,9 +18,7 @@ def _numpy_conv(x, kernel, stride, padding):
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
     if padding == "same":
-        out_h, out_w = -(-h // stride), -(-w // stride)
-        ph, pw = max((out_h - 1) * stride + kh - h, 0), max((out_w - 1) * stride + kw - w, 0)
-        x = np.pad(x, [(0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)])
+        x, out_h, out_w, _, _ = pad_same(x, kh, kw, stride)
     else:
         out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
     y = np.zeros((n, out_h, out_w, o))
