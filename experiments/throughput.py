@@ -5,6 +5,7 @@
     python experiments/throughput.py --overrides '{"precision": "mixed_bfloat16"}'   # a lever
     python experiments/throughput.py --methods simclr --no_torch --tf_only floor --threads 2,1
     python experiments/throughput.py --worker tf --what step --method byol --no_recompute   # one lever off
+    python experiments/throughput.py --methods moco --tf_only step --forward   # + the forward alone, both sides
     pip install /path/to/torch-2.13.0+cpu-...whl                      # optional, benchmark only
 
 For each method it measures, each in a fresh subprocess and alternating the frameworks round
@@ -19,6 +20,8 @@ by round (so both see the same machine state):
   torch floor compile  (``--torch_floor``) PyTorch's compiled floor: the backbone alone, to tell
             the frameworks' convolutions from the methods' machinery
   augment   ssl_tf's tf.data view pipeline alone (images/s, uint8 in memory -> views)
+  forward   (``--forward``) the backbone's training-mode forward alone, without gradient, on the
+            method's views, ssl_tf and PyTorch compiled: the work of a key / target encoder
 
 Each number is the median over ``--steps`` timed steps after ``--warmup`` steps, on fixed
 views (augmentation excluded from step timings), with the process's peak RSS. Views and
@@ -128,6 +131,11 @@ def tf_worker(args) -> dict:
                 loss += tf.reduce_mean(tf.cast(target(crops[0], training=True), tf.float32))
             return loss
         step, arg = tf.function(floor_step, jit_compile=jit), crops
+    elif args.what == "forward":   # the backbone's training-mode forward alone, no gradient
+        crops = _tf_crops(tf, sample["views"])
+        step = tf.function(lambda crops: tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32))
+                                                   for x in crops]), jit_compile=jit)
+        arg = crops
     else:
         step, arg = tf.function(model.train_step, jit_compile=jit), sample
     result = timed(lambda a: tf.nest.map_structure(lambda t: t.numpy(), step(a)), arg, args)
@@ -201,7 +209,7 @@ def torch_worker(args) -> dict:
     # what: step | step_compile (the method's step) or floor | floor_compile (the backbone alone).
     # (Until session 11 this read `args.method if args.what == "step"`, so step_compile timed the
     # compiled *floor*: every earlier torch.compile number was the backbone alone.)
-    method = "floor" if args.what.startswith("floor") else args.method
+    method = "floor" if args.what.startswith(("floor", "forward")) else args.method
     probe = nn.Linear(feat, 10)
     labels = torch.randint(0, 10, (b,))
 
@@ -304,6 +312,11 @@ def torch_worker(args) -> dict:
         opt.step()
         return loss
 
+    if args.what.startswith("forward"):   # the backbone's training-mode forward alone, no gradient
+        def step():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):
+                return loss_fn()
+
     if args.what.endswith("_compile"):
         step = torch.compile(step)
         # the first call compiles, the second recompiles (the optimizer's momentum buffers now
@@ -362,6 +375,9 @@ def main():
     p.add_argument("--no_compile", action="store_true", help="skip torch.compile (minutes of compilation)")
     p.add_argument("--torch_floor", action="store_true",
                    help="also time PyTorch's compiled floor (its backbone alone on the same views)")
+    p.add_argument("--forward", action="store_true",
+                   help="also time the backbone's training-mode forward alone (no gradient) on the method's views, "
+                        "ssl_tf and PyTorch compiled: the work of a key / target encoder")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     # worker mode
     p.add_argument("--worker", choices=("tf", "torch"))
@@ -387,8 +403,11 @@ def main():
             for name, fw, what in [("floor", "tf", "floor"), ("floor+target", "tf", "floor_target"),
                                    ("tf step", "tf", "step"),
                                    ("torch eager", "torch", "step"), ("torch compile", "torch", "step_compile"),
-                                   ("torch floor compile", "torch", "floor_compile")]:
-                if fw == "tf" and args.tf_only and what not in args.tf_only.split(","):
+                                   ("torch floor compile", "torch", "floor_compile"),
+                                   ("tf forward", "tf", "forward"), ("torch forward compile", "torch", "forward_compile")]:
+                if what.startswith("forward") and not args.forward:
+                    continue
+                if fw == "tf" and args.tf_only and what not in args.tf_only.split(",") + ["forward"]:
                     continue
                 if what == "floor_target" and method not in TARGET_METHODS:
                     continue
@@ -428,6 +447,7 @@ def best(ips) -> str:
 
 def table(rows) -> str:
     cols = ["floor", "floor+target", "tf step", "augment", "torch eager", "torch compile", "torch floor compile"]
+    cols += [c for c in ("tf forward", "torch forward compile") if any(c in r for r in rows)]
     lines = ["| method | backbone | batch | " + " | ".join(f"{c} img/s" for c in cols) +
              " | step / floor | step / (floor+target) | vs torch.compile | vs torch eager | vs best torch "
              "| step MB tf / torch (peak RSS) |",
