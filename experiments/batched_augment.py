@@ -31,9 +31,17 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ssl_tf.data import pipeline, views  # noqa: E402
+from ssl_tf.data.sources import Examples  # noqa: E402
 
 
-def batched_crop_boxes(tf, seed, b, h, w, size_scale, ratio=(3 / 4, 4 / 3), tries=10):
+def batched_crop_boxes(seed, b, h, w, size_scale, ratio=(3 / 4, 4 / 3), tries=10):
     """[b, 4] normalised (y1, x1, y2, x2) boxes of area fraction in ``size_scale`` and aspect in ``ratio``."""
     s = tf.random.experimental.stateless_split(seed, 4)
     area = float(h * w) * tf.random.stateless_uniform([b, tries], s[0], *size_scale)
@@ -49,7 +57,7 @@ def batched_crop_boxes(tf, seed, b, h, w, size_scale, ratio=(3 / 4, 4 / 3), trie
     return tf.stack([oy / (h - 1), ox / (w - 1), (oy + ch - 1) / (h - 1), (ox + cw - 1) / (w - 1)], axis=1)
 
 
-def batched_color_jitter(tf, x, seed, strength, p):
+def batched_color_jitter(x, seed, strength, p):
     """SimCLR's jitter (brightness, contrast, saturation 0.8·s; hue 0.2·s) with per-image factors and
     order, applied to a random ``p`` of the batch; results clipped to [0, 1] after each op."""
     b = tf.shape(x)[0]
@@ -88,16 +96,16 @@ def batched_color_jitter(tf, x, seed, strength, p):
     return tf.where(on[:, None, None, None], y, x)
 
 
-def batched_simclr_view(tf, images, seed, cfg):
+def batched_simclr_view(images, seed, cfg):
     """One SimCLR view of every image of a uint8 batch [b, H, W, 3] (blur and solarize off, as at 32 px)."""
     b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
     s = tf.random.experimental.stateless_split(seed, 4)
     x = tf.image.convert_image_dtype(images, tf.float32)
-    boxes = batched_crop_boxes(tf, s[0], b, h, w, cfg.crop_scale)
+    boxes = batched_crop_boxes(s[0], b, h, w, cfg.crop_scale)
     x = tf.image.crop_and_resize(x, boxes, tf.range(b), [cfg.image_size, cfg.image_size], method="bilinear")
     flip = tf.random.stateless_uniform([b], s[1]) < 0.5
     x = tf.where(flip[:, None, None, None], tf.reverse(x, [2]), x)
-    x = batched_color_jitter(tf, x, s[2], cfg.color_jitter, cfg.color_jitter_p)
+    x = batched_color_jitter(x, s[2], cfg.color_jitter, cfg.color_jitter_p)
     gray = tf.random.stateless_uniform([b], s[3]) < cfg.grayscale_p
     x = tf.where(gray[:, None, None, None], tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3]), x)
     return tf.clip_by_value(x, 0.0, 1.0)
@@ -110,13 +118,6 @@ def main():
     p.add_argument("--batches", type=int, default=40, help="timed batches per pipeline per round")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, ROOT)
-    import numpy as np
-    import tensorflow as tf
-    from ssl_tf.data import pipeline, views
-    from ssl_tf.data.sources import Examples
-
     if args.data:
         with np.load(args.data) as d:
             images, labels = d["images"], d["labels"].astype(np.int64)
@@ -138,8 +139,8 @@ def main():
         def two(batch):
             seed = tf.stack([tf.constant(0, tf.int64), batch["index"][0]])   # a batch-level seed
             s = tf.random.experimental.stateless_split(seed, 2)
-            return {**batch, "views": (batched_simclr_view(tf, batch["views"], s[0], cfg),
-                                       batched_simclr_view(tf, batch["views"], s[1], cfg))}
+            return {**batch, "views": (batched_simclr_view(batch["views"], s[0], cfg),
+                                       batched_simclr_view(batch["views"], s[1], cfg))}
         return ds.map(two, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     def measure(make):

@@ -115,8 +115,11 @@ def tf_worker(args) -> dict:
     model.build_with(sample, optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum),
                      fixed_optimizer=optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum))
     jit = runner._use_jit()
+    crops = _tf_crops(tf, sample["views"])
+
+    def backbone_sum(crops):   # the backbone's training-mode forward on every view batch, as one scalar
+        return tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32)) for x in crops])
     if args.what in ("floor", "floor_target"):
-        crops = _tf_crops(tf, sample["views"])
         opt = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         # floor_target adds the target/teacher backbone's forward on the largest views: the work the
         # paper's algorithm needs before any machinery (methods with a target network only)
@@ -124,7 +127,7 @@ def tf_worker(args) -> dict:
 
         def floor_step(crops):
             with tf.GradientTape() as tape:
-                loss = tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32)) for x in crops])
+                loss = backbone_sum(crops)
             grads = tape.gradient(loss, encoder.trainable_variables)
             opt.apply_gradients(zip(grads, encoder.trainable_variables))
             if target is not None:
@@ -132,14 +135,11 @@ def tf_worker(args) -> dict:
             return loss
         step, arg = tf.function(floor_step, jit_compile=jit), crops
     elif args.what == "forward":   # the backbone's training-mode forward alone, no gradient
-        crops = _tf_crops(tf, sample["views"])
-        step = tf.function(lambda crops: tf.add_n([tf.reduce_mean(tf.cast(encoder(x, training=True), tf.float32))
-                                                   for x in crops]), jit_compile=jit)
-        arg = crops
+        step, arg = tf.function(backbone_sum, jit_compile=jit), crops
     else:
         step, arg = tf.function(model.train_step, jit_compile=jit), sample
     result = timed(lambda a: tf.nest.map_structure(lambda t: t.numpy(), step(a)), arg, args)
-    return {**result, "jit": jit, "views": [list(x.shape) for x in _tf_crops(tf, sample["views"])]}
+    return {**result, "jit": jit, "views": [list(x.shape) for x in crops]}
 
 
 def _tf_crops(tf, views):
@@ -312,10 +312,11 @@ def torch_worker(args) -> dict:
         opt.step()
         return loss
 
-    if args.what.startswith("forward"):   # the backbone's training-mode forward alone, no gradient
-        def step():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):
-                return loss_fn()
+    def forward():   # the backbone's training-mode forward alone, no gradient
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.torch_bf16):
+            return loss_fn()
+    if args.what.startswith("forward"):
+        step = forward
 
     if args.what.endswith("_compile"):
         step = torch.compile(step)
@@ -405,9 +406,10 @@ def main():
                                    ("torch eager", "torch", "step"), ("torch compile", "torch", "step_compile"),
                                    ("torch floor compile", "torch", "floor_compile"),
                                    ("tf forward", "tf", "forward"), ("torch forward compile", "torch", "forward_compile")]:
-                if what.startswith("forward") and not args.forward:
-                    continue
-                if fw == "tf" and args.tf_only and what not in args.tf_only.split(",") + ["forward"]:
+                if what.startswith("forward"):
+                    if not args.forward:   # --forward switches both sides on, whatever --tf_only says
+                        continue
+                elif fw == "tf" and args.tf_only and what not in args.tf_only.split(","):
                     continue
                 if what == "floor_target" and method not in TARGET_METHODS:
                     continue
