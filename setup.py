@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-PLOTS = ["matplotlib>=3.7,<4", "scikit-learn>=1.3,<2"]   # curves, embedding maps (t-SNE); optional
+PLOTS = ["scikit-learn>=1.3,<2"]   # t-SNE embedding maps; optional (the default map is PCA, with matplotlib)
 
 setup(
     name="ssl_tf",
@@ -19,10 +19,11 @@ setup(
         "absl-py>=1.0,<3",
         "numpy>=1.23,<3",
         "pillow>=9,<14",
+        "matplotlib>=3.7,<4",       # the run's pictures: training curves and embedding maps
     ],
     extras_require={
         "plots": PLOTS,
-        "test": ["pytest>=7,<10"] + PLOTS,   # the tests also check the plots
+        "test": ["pytest>=7,<10", "ruff>=0.6,<1"] + PLOTS,   # the tests also check the plots; ruff: CI's lint
     },
     entry_points={"console_scripts": ["ssl-tf=ssl_tf.cli:run"]},
 )

@@ -1,4 +1,4 @@
-"""Lever of issue 7: vectorised (per-batch) augmentation against ssl_tf's per-image ``map``.
+"""A performance lever: vectorised (per-batch) augmentation against ssl_tf's per-image ``map``.
 
     python experiments/batched_augment.py                        # SimCLR's CIFAR-10 pair, batch 256
     python experiments/batched_augment.py --data ../shared/data/cifar10/train.npz --rounds 3
@@ -12,7 +12,7 @@ brightness, contrast, saturation and hue with per-image factors, applied in a pe
 order (at each of the 4 positions the batch is partitioned by op, each part gets its op, and
 the parts are stitched back). Same parameter ranges as ``ops`` (SimCLR appendix A); bilinear
 instead of bicubic resizing (``crop_and_resize`` has no bicubic). Measured: no faster than the
-per-image map on 2 cores (MEASURED.md, session 15), so ssl_tf keeps the per-image map.
+per-image map on 2 cores (benchmarks/levers.md, 2026-11-24), so ssl_tf keeps the per-image map.
 
 Both pipelines read the same uint8 images in the same order and deliver the same
 ``{'views': (v1, v2)}`` batches of two views. Printed per pipeline, alternated over
@@ -35,7 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
+
+tf = backend.import_tensorflow()
 
 from ssl_tf.data import pipeline, views  # noqa: E402
 from ssl_tf.data.sources import Examples  # noqa: E402
@@ -118,6 +121,7 @@ def main():
     p.add_argument("--batches", type=int, default=40, help="timed batches per pipeline per round")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
+    print(f"machine: {backend.describe(backend.fingerprint('float32'))}", flush=True)
     if args.data:
         with np.load(args.data) as d:
             images, labels = d["images"], d["labels"].astype(np.int64)

@@ -18,6 +18,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
+
+backend.import_tensorflow()
 from ssl_tf.config import Config  # noqa: E402
 from ssl_tf.eval.report import report  # noqa: E402
 from ssl_tf.runner import Runner  # noqa: E402
@@ -45,7 +48,7 @@ def main():
     ssl_dir = os.path.join(args.out, "pretrained")
     if not os.path.exists(ssl_dir):
         shutil.copytree(args.run, ssl_dir)       # fine-tuning results are added to a copy of the run
-    summary = {}
+    summary = {"machine": backend.describe(backend.fingerprint(base.get("precision")))}
     for fraction in (float(x) for x in args.fractions.split(",")):
         res, minutes = run(base, mode="finetune", model_dir=ssl_dir, label_fraction=fraction,
                            ft_epochs=args.ft_epochs)

@@ -13,7 +13,8 @@ shrunk for the ×0.25 backbone as listed in CIFAR_HEADS (the papers' ImageNet si
 8192 wide — would cost more than the backbone). Wall time per method is reported next to the
 accuracies. Evaluation: a stratified,
 seeded 10% of the training file (or --eval_npz). Layer-wise runs train rotation on each
-listed backbone (resnet18 reuses the rotation run above) and probe every layer, with --layerwise_label_fraction of the training labels
+listed backbone (resnet18 reuses the rotation run above) and probe every layer, with
+--layerwise_label_fraction of the training labels
 (9000-feature layers of 45k images would not fit in memory). Results: <out>/cifar10_methods.json.
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
+
+backend.import_tensorflow()
 from ssl_tf.config import Config  # noqa: E402
 from ssl_tf.runner import Runner  # noqa: E402
 
@@ -83,12 +87,14 @@ def main():
         if method == "dino":
             extra.update(num_local_crops=args.local_crops)
         if method == "exemplar":
-            extra.update(num_exemplar_copies=args.exemplar_copies, batch_size=args.batch_size // args.exemplar_copies * 2)
+            extra.update(num_exemplar_copies=args.exemplar_copies,
+                         batch_size=args.batch_size // args.exemplar_copies * 2)
         res = run(method, args.out, base, extra)
         row = {"linear_top1": res["linear_eval"]["top1"], "knn_top1": res["knn"]["top1"],
                "train_images_per_sec": res["pretrain"]["train_images_per_sec"], "steps": res["pretrain"]["steps"],
                "batch": res["pretrain"]["global_batch"], "train_seconds": res["pretrain"]["seconds"],
-               "wall_minutes": res["wall_minutes"], "peak_rss_mb": res["pretrain"]["peak_rss_mb"]}
+               "wall_minutes": res["wall_minutes"], "peak_rss_mb": res["pretrain"]["peak_rss_mb"],
+               "machine": res["pretrain"].get("machine")}
         for key in ("linear_eval", "knn"):
             if "random_init_top1" in res[key]:
                 row[f"{key}_random_init"] = res[key]["random_init_top1"]
@@ -103,10 +109,12 @@ def main():
             res = run("rotation", args.out, base, extra, modes="layerwise_eval")
         else:
             res = run(f"layerwise_rotation_{backbone}", args.out, base, extra, modes="pretrain,layerwise_eval")
-        summary["layerwise"][backbone] = {"layers": res["layerwise_eval"]["layers"], "plot": res["layerwise_eval"]["plot"],
+        summary["layerwise"][backbone] = {"layers": res["layerwise_eval"]["layers"],
+                                          "plot": res["layerwise_eval"]["plot"],
                                           "wall_minutes": res["wall_minutes"]}
         json.dump(summary, open(summary_path, "w"), indent=2)
-        print(f"== layerwise {backbone}: " + ", ".join(f"{r['layer']} {r['top1']}" for r in res["layerwise_eval"]["layers"]),
+        print(f"== layerwise {backbone}: "
+              + ", ".join(f"{r['layer']} {r['top1']}" for r in res["layerwise_eval"]["layers"]),
               flush=True)
     if len(summary["layerwise"]) > 1:
         from ssl_tf.eval import plot_layerwise

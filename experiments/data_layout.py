@@ -1,4 +1,4 @@
-"""Lever of issue 7: data layout — channels-last (NHWC, TensorFlow's default and ssl_tf's) against
+"""A performance lever: data layout — channels-last (NHWC, TensorFlow's default and ssl_tf's) against
 channels-first (NCHW) for a ResNet-18's convolutions on the CPU.
 
     python experiments/data_layout.py                     # ResNet-18 (CIFAR stem), 512 views of 32 px
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 STAGES = [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]
@@ -28,7 +29,10 @@ def main():
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
-    import tensorflow as tf
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ssl_tf import backend  # oneDNN chosen before TensorFlow loads
+    tf = backend.import_tensorflow()
+    print(f"machine: {backend.describe(backend.fingerprint('float32'))}", flush=True)
 
     rng = np.random.default_rng(0)
 

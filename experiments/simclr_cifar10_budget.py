@@ -19,6 +19,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
+
+backend.import_tensorflow()
 from ssl_tf.config import Config  # noqa: E402
 from ssl_tf.runner import Runner, results_table  # noqa: E402
 
@@ -47,7 +50,7 @@ def main():
     p.add_argument("--learning_rate", type=float, default=1.0)
     # 0.2, not the CIFAR reference's 0.5: for short training a lower temperature learns faster
     # (SimCLR Table 5: T 0.1 > 0.5 > 1.0 at 100 epochs); solo-learn's CIFAR SimCLR uses 0.2.
-    # Measured: 57.34 % linear in a 30-minute budget (MEASURED.md).
+    # Measured: 57.34 % linear in a 30-minute budget (benchmarks/simclr_cifar10_budget.md).
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--precision", default="float32", help="float32 or mixed_bfloat16 (backbone compute type)")
     p.add_argument("--model_dir", default=None)
@@ -72,7 +75,8 @@ def main():
     start = time.perf_counter()
     results = runner.run()
     results["benchmark"] = {"augmentation_images_per_sec": round(aug, 1),
-                            "wall_minutes": round((time.perf_counter() - start) / 60, 2), "epochs": epochs}
+                            "wall_minutes": round((time.perf_counter() - start) / 60, 2), "epochs": epochs,
+                            "machine": backend.describe(runner.machine)}
     with open(runner.results_path, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     print(results_table(results))

@@ -1,4 +1,4 @@
-"""Lever of issue 7: does running several train steps per call (Keras's ``steps_per_execution``)
+"""A performance lever: does running several train steps per call (Keras's ``steps_per_execution``)
 speed up ssl_tf's loop on a CPU?
 
     python experiments/steps_per_execution.py                       # SimCLR, ResNet-18 x0.25, batch 256
@@ -35,7 +35,8 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--k", type=int, default=10, help="steps per call of the fused variant")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--overrides", default="{}", help="JSON of Config fields, e.g. '{\"precision\": \"mixed_bfloat16\"}'")
+    p.add_argument("--overrides", default="{}",
+                   help="JSON of Config fields, e.g. '{\"precision\": \"mixed_bfloat16\"}'")
     p.add_argument("--threads", default="")
     args = p.parse_args()
     args.jit = "auto"

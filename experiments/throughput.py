@@ -1,4 +1,4 @@
-"""Train-step throughput of ssl_tf against a PyTorch reference on the same CPU (issue 7).
+"""Train-step throughput of ssl_tf against a PyTorch reference on the same CPU.
 
     python experiments/throughput.py                                  # ResNet-18, batch 256, 32 px
     python experiments/throughput.py --methods simclr --width 0.25 --batch 64 --steps 5
@@ -73,7 +73,9 @@ def _tf_setup(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, ROOT)
     import numpy as np
-    import tensorflow as tf
+
+    from ssl_tf import backend  # oneDNN chosen before TensorFlow loads
+    tf = backend.import_tensorflow()
     if args.threads:   # lever: intra,inter op thread pools (set before the first op)
         intra, inter = (int(x) for x in args.threads.split(","))
         tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -109,7 +111,7 @@ def tf_worker(args) -> dict:
             t0 = time.perf_counter()
             next(it)
             times.append(time.perf_counter() - t0)
-        return {"seconds": times[args.warmup:], "peak_rss_mb": peak_mb()}
+        return {"seconds": times[args.warmup:], "peak_rss_mb": peak_mb(), "machine": _machine(runner)}
     sample = next(iter(stream))
     from ssl_tf import optim
     model.build_with(sample, optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum),
@@ -139,7 +141,12 @@ def tf_worker(args) -> dict:
     else:
         step, arg = tf.function(model.train_step, jit_compile=jit), sample
     result = timed(lambda a: tf.nest.map_structure(lambda t: t.numpy(), step(a)), arg, args)
-    return {**result, "jit": jit, "views": [list(x.shape) for x in crops]}
+    return {**result, "jit": jit, "views": [list(x.shape) for x in crops], "machine": _machine(runner)}
+
+
+def _machine(runner) -> str:
+    from ssl_tf import backend
+    return backend.describe(runner.machine)
 
 
 def _tf_crops(tf, views):
@@ -207,8 +214,6 @@ def torch_worker(args) -> dict:
     b = spec["batch"]
     h = spec["heads"]
     # what: step | step_compile (the method's step) or floor | floor_compile (the backbone alone).
-    # (Until session 11 this read `args.method if args.what == "step"`, so step_compile timed the
-    # compiled *floor*: every earlier torch.compile number was the backbone alone.)
     method = "floor" if args.what.startswith(("floor", "forward")) else args.method
     probe = nn.Linear(feat, 10)
     labels = torch.randint(0, 10, (b,))
@@ -367,7 +372,7 @@ def main():
     p.add_argument("--threads", default="", help="TF intra,inter op threads, e.g. 2,1 (default: TF's)")
     p.add_argument("--no_recompute", action="store_true",
                    help="keep the BN-ReLU activations a convolution reads instead of recomputing them in the "
-                        "backward pass (ssl_tf's default since session 14): the memory lever's A/B")
+                        "backward pass (ssl_tf's default): the memory lever's A/B")
     p.add_argument("--tf_only", default="", help="comma list of TF measurements to run (floor,floor_target,step,augment); "
                    "default both plus torch")
     p.add_argument("--torch_bf16", action="store_true",
@@ -422,7 +427,8 @@ def main():
                 samples.setdefault(name, []).append(r)
         if not args.tf_only or "augment" in args.tf_only.split(","):
             samples["augment"] = [run_worker("tf", "augment", method, args)]
-        row = {"method": method, "backbone": f"resnet18×{args.width}", "batch": args.batch}
+        row = {"method": method, "backbone": f"resnet18×{args.width}", "batch": args.batch,
+               "machine": next((r["machine"] for rs in samples.values() for r in rs if "machine" in r), None)}
         for name, rs in samples.items():
             errors = [r["error"] for r in rs if "error" in r]
             secs = [s for r in rs for s in r.get("seconds", [])]
@@ -436,6 +442,8 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(table(rows))
+    for machine in sorted({r["machine"] for r in rows if r.get("machine")}):
+        print(f"ssl_tf's machine: {machine}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -6,6 +6,13 @@ Public API::
 """
 __version__ = "0.1.0"
 
+from ssl_tf import backend as _backend
+
+# oneDNN on for the TensorFlow about to be imported, unless the user chose (ssl_tf/backend.py);
+# if TensorFlow came first with it off, one line says so.
+if _backend.prefer_onednn() == "late":
+    _backend.notify_if_late()
+
 from ssl_tf.config import Config  # noqa: E402,F401
 from ssl_tf.data import load_dataset  # noqa: E402,F401
 from ssl_tf.errors import SSLTFError  # noqa: E402,F401
@@ -20,6 +27,8 @@ def build_method(name: str, encoder, num_classes: int = 0, **kwargs):
 
 
 def __getattr__(name):  # lazy: importing ssl_tf does not import TensorFlow-heavy modules
+    if name in ("Runner", "export", "evaluate"):
+        _backend.import_tensorflow()   # quietly, before any module of ours imports it
     if name == "Runner":
         from ssl_tf.runner import Runner
         return Runner

@@ -48,6 +48,8 @@ def config_from_flags(flag_values=FLAGS) -> Config:
 
 
 def main(argv):
+    from ssl_tf import backend
+    tf = backend.import_tensorflow()   # oneDNN chosen, CPU-only start-up notices filtered
     if len(argv) > 1 and argv[1] == "report":
         from ssl_tf.eval.report import report
         if len(argv) < 3:
@@ -63,14 +65,14 @@ def main(argv):
         return
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
-    from ssl_tf.runner import Runner, results_table   # imports TensorFlow
+    from ssl_tf.runner import Runner, results_table  # imports TensorFlow
     runner = Runner(cfg)
     print(f"ssl-tf: {runner.cfg.method} on {runner.data.train.name} ({len(runner.data.train)} train, "
           f"{len(runner.data.eval) if runner.data.eval is not None else 0} eval), "
           f"{runner.cfg.backbone}×{runner.cfg.width}, {runner.replicas} replica(s); steps: "
-          f"{','.join(runner.cfg.modes)}; model_dir: {runner.cfg.model_dir}", flush=True)
+          f"{','.join(runner.cfg.modes)}; model_dir: {runner.cfg.model_dir}\n"
+          f"machine: {backend.describe(runner.machine)}", flush=True)
     results = runner.run()
     where = runner.results_path if runner.is_chief else f"{runner.results_path}, written by the chief"
     print(f"\nResults (also in {where}):\n" + results_table(results), flush=True)

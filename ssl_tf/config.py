@@ -32,7 +32,11 @@ JIT_CHOICES = ("auto", "true", "false")
 # at 0.15·√batch (measured over 200 steps of batch 256: linear probe 21.4% random -> 39.4% at
 # 0.15·√256, 34.9% at SimCLR's 0.075·√256, 37.2% at 0.3·√256, 33.3% with Adam 4e-3). Batch 128:
 # twice the steps in about the same time (full demo: +19.6 points over random vs +14.4 at 256).
-SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, color_jitter=1.0,
+# 24 px and batch 64, so the demo ends within 5 minutes on a 2-core AVX2 CPU: on a 2-core AMD EPYC
+# (Zen 4, oneDNN on, 2026-12-01; pretrain + probes + kNN, linear top-1 over the random backbone's)
+# 32 px / batch 128 took 171.5 s at +17.3 points, 24 px / 128 took 110.7 s at +15.6, 24 px / 64
+# took 114.3 s at +19.2 (the shapes stay recognisable at 24 px; the step costs ~0.6x).
+SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=64, image_size=24, warmup_epochs=0.5, color_jitter=1.0,
                      crop_min_scale=0.3, ft_epochs=3, eval_epochs=50)
 SHAPES_METHOD_PRESET = {"simclr": dict(optimizer="lars", learning_rate=0.15, lr_scaling="sqrt", weight_decay=1e-6,
                                        temperature=0.2)}
@@ -43,7 +47,7 @@ SHAPES_METHOD_PRESET = {"simclr": dict(optimizer="lars", learning_rate=0.15, lr_
 PRETEXT_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, lr_scaling="linear", weight_decay=1e-4,
                         warmup_epochs=5.0, epochs=35)
 # The momentum, teacher-student and redundancy-reduction methods: each from its official code / paper
-# (README "Defaults and their sources"). Temperatures of MoCo v1 (0.07) and of ViT MoCo v3 (0.2) in resolve.
+# (docs/methods.md, "Defaults and their sources"). Temperatures of MoCo v1 (0.07) and of ViT MoCo v3 (0.2) in resolve.
 JOINT_DEFAULTS = {
     "simclr": dict(proj_dim=128, proj_layers=2),
     # MoCo v2 (facebookresearch/moco main_moco.py + --mlp --aug-plus --cos): SGD 0.03×batch/256, wd 1e-4, T 0.2
@@ -94,14 +98,16 @@ class Config:
                           "export, report, or all (= pretrain,linear_eval,knn,export).")
     method: str = _f("simclr", "Self-supervised method.", choices=METHOD_NAMES)
     # data
-    dataset: str = _f("shapes", "Training data: shapes | shapes:TRAIN,EVAL | npz:PATH | folder:PATH | tfds:NAME[:SPLIT].")
+    dataset: str = _f("shapes", "Training data: shapes | shapes:TRAIN,EVAL | npz:PATH | folder:PATH | "
+                                "tfds:NAME[:SPLIT].")
     data_dir: Optional[str] = _f(None, "tensorflow-datasets data directory (a prepared copy works offline).")
     eval_dataset: Optional[str] = _f(None, "Evaluation data (any source spec, e.g. npz:test.npz); default: the "
                                           "dataset's own test split, else a stratified --val_fraction of train.")
     val_fraction: float = _f(0.1, "Fraction of each class carved (seeded) from train when there is no eval split.")
     label_fraction: float = _f(1.0, "Class-balanced fraction of training labels used by probes and fine-tuning "
                                     "(SimCLR's 1%% = 0.01, 10%% = 0.1).")
-    image_size: Optional[int] = _f(None, "Input side in pixels; default: the dataset's own (32 for shapes/CIFAR).")
+    image_size: Optional[int] = _f(None, "Input side in pixels; default: the dataset's own (32 for CIFAR; "
+                                            "shapes demo 24).")
     # model
     backbone: str = _f("resnet18", "Backbone (v2 = pre-activation; vgg19 has batch norm).", choices=BACKBONE_NAMES)
     width: Optional[float] = _f(None, "Channel width multiplier of the backbone (default 1; shapes demo 0.25; "
@@ -114,7 +120,8 @@ class Config:
     pred_hidden: Optional[int] = _f(None, "Predictor hidden width (BYOL, MoCo v3: 4096; SimSiam: 512).")
     global_bn: bool = _f(True, "Synchronise batch-norm statistics across replicas (SimCLR's global_bn).")
     # SimCLR
-    temperature: Optional[float] = _f(None, "NT-Xent temperature (SimCLR: 0.1; 0.5 at <= 32 px as the reference CIFAR recipe).")
+    temperature: Optional[float] = _f(None, "NT-Xent temperature (SimCLR: 0.1; 0.5 at <= 32 px as the reference "
+                                            "CIFAR recipe).")
     color_jitter: Optional[float] = _f(None, "Colour jitter strength s (SimCLR: 1.0; 0.5 at <= 32 px).")
     blur: Optional[bool] = _f(None, "Gaussian blur with p=0.5 (SimCLR: on above 32 px, off at <= 32 px).")
     crop_min_scale: Optional[float] = _f(None, "Smallest area fraction of the random resized crop (SimCLR: 0.08; "
@@ -159,7 +166,8 @@ class Config:
     num_exemplar_copies: int = _f(8, "Exemplar: augmented copies per image (revisiting: 8).")
     embed_dim: int = _f(1000, "Exemplar: embedding dimension (revisiting: 1000).")
     triplet_margin: float = _f(0.5, "Exemplar: triplet semi-hard margin (revisiting: 0.5).")
-    rebalance_lambda: float = _f(0.5, "Colorization: class-rebalancing mix λ with the uniform prior (Zhang et al.: 0.5).")
+    rebalance_lambda: float = _f(0.5, "Colorization: class-rebalancing mix λ with the uniform prior "
+                                      "(Zhang et al.: 0.5).")
     ssl_weight: float = _f(1.0, "S4L: weight w of the self-supervised loss in L_sup + w·L_self (Zhai et al. 2019).")
     # semi-supervised methods (FixMatch, MixMatch)
     mu: Optional[int] = _f(None, "Unlabelled images per labelled one in a batch (FixMatch μ = 7; MixMatch 1).")
@@ -175,7 +183,8 @@ class Config:
     init_from: Optional[str] = _f(None, "Start the encoder from a pretraining run directory or checkpoint "
                                         "(FixMatch/MixMatch, pretraining on top of an SSL encoder).")
     # optimisation
-    batch_size: Optional[int] = _f(None, "Global batch size, split evenly over replicas (default 256).")
+    batch_size: Optional[int] = _f(None, "Global batch size, split evenly over replicas (default 256; shapes "
+                                            "demo 64).")
     epochs: Optional[int] = _f(None, "Pretraining epochs (default 100 as SimCLR's short schedule; shapes demo 5).")
     max_steps: Optional[int] = _f(None, "Stop pretraining after this many steps (the schedule still spans --epochs).")
     optimizer: Optional[str] = _f(None, "Optimizer (default lars for simclr as SimCLR; sgd for pretext tasks "
@@ -218,17 +227,22 @@ class Config:
                               "decay (SimCLR appendix B.6).")
     report_runs: Optional[str] = _f(None, "report: comma-separated run directories to compare (default: this "
                                           "--model_dir and its subdirectories holding results.json).")
-    plots: bool = _f(True, "Write PNG plots (training curves, 2-D embedding map, retrieval grid); needs the "
-                           "'plots' extra: pip install 'ssl_tf[plots]'.")
+    plots: bool = _f(True, "Write PNG plots (training curves, PCA embedding map, retrieval grid; a t-SNE map "
+                           "with the 'plots' extra: pip install 'ssl_tf[plots]').")
     random_baseline: bool = _f(True, "Also probe a randomly initialised backbone for contrast.")
     # running
-    strategy: str = _f("auto", "Distribution strategy.", choices=("auto", "one_device", "mirrored", "multi_worker", "tpu"))
+    strategy: str = _f("auto", "Distribution strategy.",
+                       choices=("auto", "one_device", "mirrored", "multi_worker", "tpu"))
     tpu: Optional[str] = _f(None, "TPU name or address for --strategy=tpu.")
-    num_cpu_devices: int = _f(1, "Split the CPU into this many logical devices (mirrored training on a CPU host, tests).")
+    num_cpu_devices: int = _f(1, "Split the CPU into this many logical devices (mirrored training on a CPU host, "
+                                 "tests).")
     intra_op_threads: int = _f(0, "Threads one op may use (TensorFlow's intra-op pool); 0: TensorFlow's default, "
                                   "one per core.")
     inter_op_threads: int = _f(0, "Ops run at once (TensorFlow's inter-op pool); 0: TensorFlow's default, one per "
-                                  "core. 1 lowered a DINO step's peak RSS here (README, Performance).")
+                                  "core (docs/performance.md).")
+    cpu_kernels: bool = _f(True, "ssl_tf's CPU fast paths (ssl_tf/models/kernels.py: fused batch norm, 1-4 pixel "
+                                 "convolutions as one matrix product, BN-ReLU recomputed in the backward pass); "
+                                 "false: Keras's plain layers, the same numbers to float rounding.")
     jit_compile: str = _f("auto", "XLA-compile the train step: auto (off on CPU, where it measured slower; on for "
                                   "one GPU), true, false.", choices=JIT_CHOICES)
     precision: str = _f("float32", "Compute type of the backbone: float32, mixed_bfloat16 (CPUs with AVX-512 "

@@ -20,14 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ssl_tf import config as config_lib
-from ssl_tf import checkpoints, distribute, eval as eval_lib, optim
+from ssl_tf import backend, checkpoints, config as config_lib, distribute, eval as eval_lib, optim
 from ssl_tf.data import pipeline, subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
 from ssl_tf.export import export_classifier, export_encoder
 from ssl_tf.methods import METHODS, SEMI_SUPERVISED, Classifier, Distiller, SemiSupervised, load_teacher
-from ssl_tf.models import build_backbone, freeze_through, head_prefix
+from ssl_tf.models import build_backbone, freeze_through, head_prefix, kernels
 
 
 def peak_rss_mb() -> float:
@@ -44,6 +43,7 @@ class Runner:
     def __init__(self, cfg: config_lib.Config, log=print):
         self.log = log
         distribute.set_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+        kernels.use(cfg.cpu_kernels)   # read when layers are traced: before anything is built
         if cfg.num_cpu_devices > 1:
             distribute.split_cpu(cfg.num_cpu_devices)
         self.strategy = distribute.make_strategy(cfg.strategy, cfg.tpu)   # before any TF op (collectives)
@@ -62,6 +62,11 @@ class Runner:
             raise SSLTFError("--jit_compile=true: XLA fails under multi-replica strategies on CPU; "
                              "use --jit_compile=auto or false, or one device")
         self.cfg = cfg
+        self.machine = backend.fingerprint(cfg.precision)   # every timing below is this machine's
+        if cfg.precision == "mixed_bfloat16" and not backend.native_bf16(self.machine["isa"]) \
+                and not self.machine.get("gpus"):
+            log(f"--precision=mixed_bfloat16: this CPU ({backend.isa_summary(self.machine['isa'])}) has no native "
+                "bf16 (AVX512_BF16 or AMX), so TensorFlow emulates it, usually slower than float32")
         # Under several replicas BN is synchronised when --global_bn (SimCLR's global_bn).
         self.model_cfg = dataclasses.replace(cfg, global_bn=cfg.global_bn and self.replicas > 1)
         os.makedirs(cfg.model_dir, exist_ok=True)
@@ -99,7 +104,7 @@ class Runner:
     def _save_results(self):
         if not self.is_chief:   # multi-worker: the chief writes the run's files
             return
-        self.results.update(config=config_lib.to_dict(self.cfg), versions=versions(),
+        self.results.update(config=config_lib.to_dict(self.cfg), versions=versions(), machine=self.machine,
                             data={"train": self.data.train.name, "num_train": len(self.data.train),
                                   "eval": self.data.eval.name if self.data.eval is not None else None,
                                   "num_eval": len(self.data.eval) if self.data.eval is not None else 0,
@@ -219,8 +224,10 @@ class Runner:
         summary = {"steps": int(step), "total_steps": total, "steps_per_epoch": per_epoch,
                    "epochs": round(int(step) / per_epoch, 3), "global_batch": global_batch,
                    "replicas": self.replicas, "final": logs,
-                   "train_images_per_sec": round(timed_steps * global_batch / timed_seconds, 1) if timed_steps else None,
+                   "train_images_per_sec": (round(timed_steps * global_batch / timed_seconds, 1) if timed_steps
+                                            else None),
                    "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
+                   "machine": backend.describe(self.machine),
                    "weights_sha256": weights_fingerprint(model)}
         if self.worker_count > 1:
             self.log(f"[{tag}] worker {self.worker}/{self.worker_count} at step {int(step)}: "
@@ -229,7 +236,7 @@ class Runner:
             summary["collapse_warnings"] = collapse_warnings
         if not timed_steps:   # already complete (a re-run after a kill during evaluation): keep the timings
             previous = self.results.get(tag, {})
-            for key in ("train_images_per_sec", "seconds", "collapse_warnings"):
+            for key in ("train_images_per_sec", "seconds", "collapse_warnings", "machine"):
                 if key in previous:
                     summary[key] = previous[key]
         return model, summary
@@ -465,8 +472,8 @@ class Runner:
         path = c.teacher or os.path.join(c.model_dir, "classifier")
         if not (path.endswith(".keras") and os.path.isfile(path)) and \
                 not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb) nor a .keras file; run "
-                             "--mode=finetune first or pass --teacher=DIR written by it")
+            raise SSLTFError(f"--teacher={path}: not a classifier SavedModel (no saved_model.pb) nor a .keras file; "
+                             "run --mode=finetune first or pass --teacher=DIR written by it")
         train = self._fraction_labelled_train()
         batch, make_optimizer = self._classifier_training(len(train))
 
@@ -536,10 +543,16 @@ class Runner:
         return written
 
     def run(self):
-        for mode in self.cfg.modes:
-            getattr(self, mode)()
+        start, seconds = time.perf_counter(), {}
+        steps = [(mode, getattr(self, mode)) for mode in self.cfg.modes]
         if self.cfg.plots and set(self.cfg.modes) - {"export", "report"}:
-            self.plots()
+            steps.append(("plots", self.plots))
+        for name, step in steps:
+            begun = time.perf_counter()
+            step()
+            seconds[name] = round(time.perf_counter() - begun, 1)
+        # where this process's time went (start-up and data loading before Runner.run excluded)
+        self.results["seconds_by_step"] = dict(seconds, total=round(time.perf_counter() - start, 1))
         self._save_results()
         return self.results
 
@@ -652,5 +665,9 @@ def results_table(results: dict) -> str:
         rows.append(("plots", f"{len(results['plots'])} PNG in {os.path.dirname(results['plots'][0])}"))
     if "export" in results:
         rows.append(("SavedModel", results["export"]["path"]))
+    if "seconds_by_step" in results:   # where the time went
+        secs = results["seconds_by_step"]
+        rows.append(("seconds (" + ", ".join(k for k in secs if k != "total") + ")",
+                     " + ".join(f"{v:g}" for k, v in secs.items() if k != "total") + f" = {secs['total']:g}"))
     width = max((len(a) for a, _ in rows), default=10)
     return "\n".join(f"  {a:<{width}}  {b}" for a, b in rows)

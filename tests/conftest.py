@@ -1,9 +1,12 @@
 import os
-import sys
 import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import ssl_tf  # noqa: E402,F401  (before TensorFlow: the suite runs on the backend users get, oneDNN on)
+
+# isort: split
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -33,3 +33,23 @@ def pad_same(x, kh, kw, stride):
     out_h, out_w = -(-h // stride), -(-w // stride)
     ph, pw = max((out_h - 1) * stride + kh - h, 0), max((out_w - 1) * stride + kw - w, 0)
     return np.pad(x, [(0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)]), out_h, out_w, ph // 2, pw // 2
+
+
+# Unit roundoff of each precision's compute dtype: float32 keeps 24 significant bits, bfloat16 8.
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "mixed_bfloat16": 2.0 ** -8, "mixed_float16": 2.0 ** -11}
+
+
+def assert_close_at_precision(actual, expected, precision, ulps=8):
+    """``actual`` equals ``expected`` to within ``ulps`` roundings of ``precision``'s compute dtype,
+    scaled by each row's largest magnitude: a network computed in bf16 along two kernel paths (the
+    SavedModel graph and the in-process function pick different oneDNN / Eigen kernels depending on
+    the CPU) differs by a few bf16 roundings of its largest activations, not by float32's 1e-5."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    u = UNIT_ROUNDOFF[precision]
+    scale = np.max(np.abs(expected), axis=-1, keepdims=True) + 1e-30
+    err = np.abs(actual - expected)
+    bound = np.broadcast_to(ulps * u * scale if precision != "float32" else 1e-5 + 1e-5 * np.abs(expected), err.shape)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), (f"{precision}: |difference| {err[worst]:.3g} at {worst} exceeds {bound[worst]:.3g} "
+                                  f"({ulps} roundings of 2^{np.log2(u):.0f} × the row's max |value|)")

@@ -84,6 +84,7 @@ def test_frozen_batch_norm_uses_moving_statistics_and_trains_nothing():
 def test_fused_and_keras_paths_agree_inside_a_backbone():
     """The whole ResNet's output and gradients: fused kernel vs Keras's elementwise reference."""
     import keras
+
     from ssl_tf.models import build_backbone
     x = tf.constant(np.random.default_rng(2).random((8, 16, 16, 3)), tf.float32)
     results = []

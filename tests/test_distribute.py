@@ -1,18 +1,18 @@
 """MirroredStrategy over 2 logical CPUs == one device, for the same global batch."""
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_replica_steps
 
-from ssl_tf.data import views, pipeline, shapes
+from ssl_tf import distribute
+from ssl_tf.data import pipeline, shapes, views
 from ssl_tf.data.sources import Examples
+from ssl_tf.errors import SSLTFError
+from ssl_tf.losses import nt_xent
 from ssl_tf.methods import SimCLR
 from ssl_tf.models import build_backbone
 from ssl_tf.optim import LARS
-from ssl_tf import distribute
-from ssl_tf.errors import SSLTFError
-from ssl_tf.losses import nt_xent
-from helpers import run_replica_steps
 
 CFG = views.AugmentConfig(image_size=16, color_jitter=0.5)
 

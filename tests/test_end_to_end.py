@@ -24,7 +24,8 @@ def test_pretrain_resume_then_every_eval_mode(cli, tmp_path):
     assert os.path.exists(os.path.join(model_dir, "pretrain", "ckpt-3", "ckpt.index"))
     assert any(f.startswith("events.out") for f in os.listdir(os.path.join(model_dir, "logs", "pretrain")))
 
-    # "interrupted" at step 3 of 12 (96 images / batch 16 x 2 epochs): the same command with a later stop resumes, not restarts
+    # "interrupted" at step 3 of 12 (96 images / batch 16 x 2 epochs): the same command with a later stop resumes,
+    # not restarts
     second = cli("--mode=pretrain", "--max_steps=7", f"--model_dir={model_dir}", *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout + second.stderr and "at step 3" in second.stdout + second.stderr
@@ -145,6 +146,7 @@ def test_dino_on_vit_tiny_resumes_evaluates_the_teacher_and_exports(cli, tmp_pat
     assert 0.04 < res["pretrain"]["final"]["teacher_temperature"] < 0.07
     assert 0 <= res["knn"]["top1"] <= 100 and res["export"]["feature_dim"] == 48
     import tensorflow as tf
+
     from ssl_tf import checkpoints
     reader = tf.train.load_checkpoint(checkpoints.latest(os.path.join(model_dir, "pretrain")))
     names = [n for n in reader.get_variable_to_shape_map() if "center" in n or "teacher_encoder" in n]
@@ -172,7 +174,7 @@ def _png_size(path):
 
 @pytest.mark.slow
 def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
-    """Issue 5 end to end: SimCLR pretrain + probes, fine-tune from projection layer 1 with the
+    """End to end: SimCLR pretrain + probes, fine-tune from projection layer 1 with the
     first two blocks frozen, distillation into a narrower student, a FixMatch run started from the
     SimCLR encoder, then ``ssl-tf report`` over both runs."""
     from ssl_tf.eval import plots
@@ -214,9 +216,9 @@ def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
 
     rep = cli("report", a, b)
     assert rep.returncode == 0, rep.stderr[-3000:]
-    lines = [l for l in rep.stdout.splitlines() if l.startswith("|")]
+    lines = [line for line in rep.stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
-    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in l.split("|")[1:-1]] for l in lines[2:])}
+    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
     simclr = _results(a)
     assert rows["simclr"]["linear"] == f"{simclr['linear_eval']['top1']:.2f}"
     assert rows["simclr"]["kNN"] == f"{simclr['knn']['top1']:.2f}"

@@ -83,6 +83,7 @@ def test_export_replaces_previous_atomically(tmp_path):
 
 def test_feature_extractor_checks_inputs_with_one_line_errors(tmp_path):
     import pytest
+
     from ssl_tf.errors import SSLTFError
     from ssl_tf.export import load_feature_extractor
     keras.utils.set_random_seed(3)
@@ -110,6 +111,7 @@ def test_feature_extractor_checks_inputs_with_one_line_errors(tmp_path):
 
 def test_an_export_killed_between_renames_is_recovered(tmp_path):
     import os
+
     from ssl_tf.export import load_feature_extractor
     encoder = build_backbone("resnet18", width=0.125, image_size=16)
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)

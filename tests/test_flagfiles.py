@@ -1,5 +1,4 @@
 """Every flagfile parses into a valid, resolved configuration; every method has one per dataset."""
-import glob
 import os
 
 import pytest
@@ -40,3 +39,14 @@ def test_pretext_defaults_follow_the_revisiting_recipe_and_errors_name_the_flag(
         config.resolve(config.Config(method="jigsaw", perm_subset_size=2000), 32)
     with pytest.raises(config.SSLTFError, match="--num_exemplar_copies=1"):
         config.resolve(config.Config(method="exemplar", num_exemplar_copies=1), 32)
+
+
+def test_simclr_shapes_flagfile_is_the_no_flag_demo():
+    """`ssl-tf --flagfile=flags/simclr/shapes.flags` and `ssl-tf` resolve to the same run (the demo preset:
+    24 px, batch 64; a flagfile drifting from the preset would describe another demo)."""
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["ssl-tf", f"--flagfile={os.path.join(ROOT, 'flags', 'simclr', 'shapes.flags')}", "--model_dir=x"])
+    from_file = config.resolve(cli.config_from_flags(fv), 32)
+    assert from_file == config.resolve(config.Config(model_dir="x"), 32)
+    assert (from_file.image_size, from_file.batch_size, from_file.epochs) == (24, 64, 5)

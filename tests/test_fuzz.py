@@ -7,7 +7,6 @@ few complete runs of random method/backbone/flag draws on tiny data.
 """
 import io
 import os
-import zipfile
 
 import numpy as np
 import pytest
@@ -90,7 +89,8 @@ def _image_bytes(rng, fmt):
         im = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
     else:
         im = Image.new(mode, size)
-        im.putdata([tuple(int(v) for v in rng.integers(0, 256, len(mode))) if len(mode) > 1 else int(rng.integers(0, 256))
+        im.putdata([tuple(int(v) for v in rng.integers(0, 256, len(mode))) if len(mode) > 1
+                    else int(rng.integers(0, 256))
                     for _ in range(size[0] * size[1])] if mode not in ("P", "I;16") else
                    [int(rng.integers(0, 256)) for _ in range(size[0] * size[1])])
     buf = io.BytesIO()

@@ -182,7 +182,9 @@ def test_linear_soft_cross_entropy_and_its_gradients_match_numpy(dtype):
             loss = losses.linear_soft_cross_entropy(x_vars, k_var, ws, counts, t, dtype)
         return loss, tape.gradient(loss, [k_var] + x_vars)
     loss, got = value_and_grads()
-    rounded = (lambda a: tf.cast(tf.cast(a, dtype), tf.float64).numpy())   # the operands the product sees
+
+    def rounded(a):   # the operands the product sees
+        return tf.cast(tf.cast(a, dtype), tf.float64).numpy()
     want_loss, want_kernel, want_x = 0.0, 0.0, []
     for x, w, n in zip(xs, ws, counts):
         s = rounded(x) @ rounded(kernel)

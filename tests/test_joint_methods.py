@@ -1,10 +1,11 @@
 """The momentum, teacher-student and redundancy-reduction methods: EMA targets, MoCo's queue and
 shuffle BN, DINO's centre, NPID's memory bank, SimSiam's fixed predictor lr, the collapse
 monitor, multi-crop batching, the ViT backbone, and 2 replicas == 1 device for MoCo and BYOL."""
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_replica_steps
 
 from ssl_tf import config, distribute
 from ssl_tf.data import pipeline, shapes, views
@@ -12,10 +13,9 @@ from ssl_tf.data.sources import Examples
 from ssl_tf.methods import METHODS
 from ssl_tf.methods.base import clone_network, effective_rank, ema_pairs, ema_update, encode_views
 from ssl_tf.methods.npid import updated_rows
-from ssl_tf.models import build_backbone, mlp, representation_layers
+from ssl_tf.models import build_backbone, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.runner import collapse_warning
-from helpers import run_replica_steps
 
 LR = 0.001   # 2-replica equality: larger steps amplify float32 rounding of BN on tiny batches (~lr²)
 CFG = views.AugmentConfig(image_size=16, color_jitter=0.5, num_local_crops=2, local_size=8)
@@ -339,7 +339,8 @@ def test_joint_method_defaults_and_errors():
     byol = r(method="byol")
     assert (byol.target_momentum, byol.proj_hidden, byol.proj_dim, byol.optimizer) == (0.996, 4096, 256, "lars")
     dino = r(method="dino")
-    assert (dino.dino_out_dim, dino.teacher_temperature, dino.num_local_crops, dino.local_crop_size) == (65536, 0.07, 6, 16)
+    assert ((dino.dino_out_dim, dino.teacher_temperature, dino.num_local_crops, dino.local_crop_size)
+            == (65536, 0.07, 6, 16))
     assert r(method="simclr").proj_dim == 128
     with pytest.raises(config.SSLTFError, match="--queue_size=1000: must be a multiple of --batch_size=256"):
         r(method="moco", queue_size=1000)

@@ -1,5 +1,5 @@
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ssl_tf.optim import LARS, WarmupCosine, build_optimizer, scale_learning_rate
@@ -30,7 +30,8 @@ def test_lars_matches_formula_and_excludes_bias():
     gb = [rng.normal(size=(3,)).astype(np.float32) for _ in range(3)]
     for a, b in zip(gk, gb):
         opt.apply_gradients([(tf.constant(a), kernel), (tf.constant(b), bias)])
-    np.testing.assert_allclose(kernel.numpy(), numpy_lars(kernel0, gk, 0.5, 0.9, 0.1, 0.01, False), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kernel.numpy(), numpy_lars(kernel0, gk, 0.5, 0.9, 0.1, 0.01, False),
+                               rtol=1e-5, atol=1e-6)
     # rank-1 variables (bias, BN gamma/beta): plain momentum SGD, no decay, no trust ratio
     np.testing.assert_allclose(bias.numpy(), numpy_lars(bias0, gb, 0.5, 0.9, 0.1, 0.01, True), rtol=1e-5, atol=1e-6)
 

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_close_at_precision
 
 from ssl_tf.config import Config
 from ssl_tf.export import load_feature_extractor
@@ -218,8 +219,9 @@ def test_mixed_float16_step_unscales_its_gradients_and_skips_an_overflowing_step
 
 def test_mixed_float16_skips_on_every_replica_when_one_overflows():
     """Under MirroredStrategy the overflow decision is all-reduced: both replicas skip or apply together."""
-    from ssl_tf import distribute
     from helpers import run_replica_steps
+
+    from ssl_tf import distribute
     strategy = distribute.make_strategy("mirrored")
     with strategy.scope():
         model = _fp16_simclr(_simclr_batch())
@@ -230,7 +232,8 @@ def test_mixed_float16_skips_on_every_replica_when_one_overflows():
         if int(model.optimizer.iterations.numpy()):
             break
         assert all(np.array_equal(a, b) for a, b in zip(start, _trained(model)) if a.ndim == 4)
-    assert int(model.optimizer.iterations.numpy()) == 1 and logs[0]["loss_scale"] == float(model.loss_scale.numpy()) < 2.0 ** 15
+    assert (int(model.optimizer.iterations.numpy()) == 1
+            and logs[0]["loss_scale"] == float(model.loss_scale.numpy()) < 2.0 ** 15)
     assert any(np.abs(a - b).max() > 0 for a, b in zip(start, _trained(model)))
     model.loss_scale.assign(3e38)
     kernels = [w for w in _trained(model) if w.ndim == 4]
@@ -250,7 +253,20 @@ def test_precision_flag_trains_exports_and_serves_float32_features(tmp_path):
     extractor = load_feature_extractor(results["export"]["path"])
     features = extractor(X)
     assert features.dtype == tf.float32 and features.shape[0] == 8
-    np.testing.assert_allclose(features, run.encoder()(X, training=False), rtol=1e-5, atol=1e-5)
+    assert_close_at_precision(features, run.encoder()(X, training=False), "mixed_bfloat16")
+
+
+def test_precision_tolerance_follows_the_precision():
+    """bf16 keeps 8 significant bits: 2 roundings of the row's largest value pass, 20 fail; float32's
+    tolerance stays 1e-5."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 4, (3, 16))
+    scale = np.abs(ref).max(axis=1, keepdims=True)
+    assert_close_at_precision(ref + 2 * 2.0 ** -8 * scale * rng.choice([-1, 1], ref.shape), ref, "mixed_bfloat16")
+    with pytest.raises(AssertionError, match="mixed_bfloat16"):
+        assert_close_at_precision(ref + 20 * 2.0 ** -8 * scale * (np.arange(16) == 3), ref, "mixed_bfloat16")
+    with pytest.raises(AssertionError, match="float32"):
+        assert_close_at_precision(ref * (1 + 1e-3), ref, "float32")
 
 
 def _first_loss(c: Config) -> float:

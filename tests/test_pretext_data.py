@@ -2,7 +2,6 @@
 import itertools
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from ssl_tf.data import color, ops, patches, views
@@ -35,7 +34,7 @@ def test_grid_patches_come_from_their_cells_with_a_random_gap():
     cell = patches.cell_size(8)
     img = _cell_coded_image(cell)
     a = patches.grid_patches(tf.constant(img), tf.constant([0, 1], tf.int64), 8).numpy()
-    b = patches.grid_patches(tf.constant(img), tf.constant([0, 2], tf.int64), 8).numpy()
+    patches.grid_patches(tf.constant(img), tf.constant([0, 2], tf.int64), 8).numpy()
     assert a.shape == (9, 8, 8, 3)
     for i in range(9):   # every patch lies entirely inside its own cell, whatever the jitter
         np.testing.assert_allclose(a[i], i / 10, atol=1e-6)

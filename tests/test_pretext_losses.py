@@ -45,7 +45,8 @@ def test_triplet_uses_the_farthest_negative_when_none_is_semi_hard():
 
 def test_rebalancing_weights_match_the_formula():
     rng = np.random.default_rng(0)
-    centres = np.stack(np.meshgrid(np.arange(-30, 31, 10), np.arange(-30, 31, 10)), -1).reshape(-1, 2).astype(np.float32)
+    centres = np.stack(np.meshgrid(np.arange(-30, 31, 10), np.arange(-30, 31, 10)),
+                       -1).reshape(-1, 2).astype(np.float32)
     prior = rng.random(len(centres)).astype(np.float32) ** 3
     lam, sigma = 0.5, 5.0
     p = prior / prior.sum()

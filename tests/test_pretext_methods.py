@@ -1,14 +1,14 @@
 """Pretext methods train (loss falls on a tiny fixed set), S4L composes its losses, backbones and
 layer-wise evaluation return what they name."""
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from ssl_tf import distribute
+from ssl_tf.config import PRETEXT_METHODS
 from ssl_tf.data import pipeline, shapes, views
 from ssl_tf.data.sources import Examples
-from ssl_tf.config import PRETEXT_METHODS
 from ssl_tf.eval import layerwise
 from ssl_tf.eval.layerwise import pool_features, pooled_side
 from ssl_tf.methods import METHODS, Colorization, Exemplar, Jigsaw, S4LRotation  # noqa: F401

@@ -9,11 +9,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import forward_ops, pad_same
 from tensorflow.python.eager import context
 
-from ssl_tf.models import build_backbone
-from ssl_tf.models import layers as L
-from helpers import forward_ops, pad_same
+from ssl_tf.models import build_backbone, kernels as K, layers as L
 
 EPS = L.BN_EPSILON
 
@@ -59,7 +58,7 @@ def test_bn_relu_conv_gradients_follow_the_chain_rule(stride):
     bn.beta.assign(beta)
     g = rng.normal(size=(4, -(-8 // stride), -(-8 // stride), 5)).astype(np.float32)
     taken = []
-    source = L.bn_relu_source
+    source = K.bn_relu_source
 
     @tf.function
     def grads(x):
@@ -69,10 +68,10 @@ def test_bn_relu_conv_gradients_follow_the_chain_rule(stride):
         return tape.gradient(loss, [x, bn.gamma, bn.beta, conv.kernel])
 
     try:
-        L.bn_relu_source = lambda a: taken.append(source(a)) or taken[-1]
+        K.bn_relu_source = lambda a: taken.append(source(a)) or taken[-1]
         got = grads(tf.constant(x))
     finally:
-        L.bn_relu_source = source
+        K.bn_relu_source = source
     assert taken and taken[-1] is not None   # the recomputing path ran
     want = _numpy_bn_relu_conv_grads(x.astype(np.float64), gamma, beta, conv.kernel.numpy().astype(np.float64),
                                      stride, g.astype(np.float64))
@@ -146,7 +145,8 @@ def test_the_recomputation_runs_once_per_kept_activation_and_adds_no_convolution
 
 
 @pytest.mark.parametrize("backbone,policy", [("resnet18", "float32"), ("resnet50v2", "float32"),
-                                             ("vgg19", "float32"), ("revnet50", "float32"), ("resnet18", "mixed_bfloat16")])
+                                             ("vgg19", "float32"), ("revnet50", "float32"),
+                                             ("resnet18", "mixed_bfloat16")])
 def test_backbone_gradients_and_statistics_equal_ordinary_differentiation(backbone, policy):
     """v1 basic blocks (the 2×2 last stage through ``small_conv2d``), v2 bottlenecks (a pre-activation
     read by the shortcut's projection and the first convolution: the ordinary path), VGG, bfloat16."""
@@ -177,4 +177,4 @@ def test_backbone_gradients_and_statistics_equal_ordinary_differentiation(backbo
 
 def test_eager_calls_keep_the_ordinary_path():
     a = tf.nn.relu(tf.constant([[[[1.0, -1.0]]]]))
-    assert L.bn_relu_source(a) is None
+    assert K.bn_relu_source(a) is None

@@ -1,4 +1,4 @@
-"""Issue 5, unit level: semi-supervised losses against NumPy, RandAugment, FixMatch/MixMatch
+"""Unit level: semi-supervised losses against NumPy, RandAugment, FixMatch/MixMatch
 batches and steps, frozen probes and fine-tuning, plots and the report table."""
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from ssl_tf import losses
-from ssl_tf.data import pipeline, randaugment, views
+from ssl_tf.data import randaugment, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.eval import augmented_probe, extract, plots, report
 from ssl_tf.methods import Classifier, FixMatch, MixMatch
@@ -211,7 +211,7 @@ def test_head_prefix_takes_whole_projection_layers():
     head = projection_head(16, 8, num_layers=3)
     head.build((None, 32))                                           # the tiny encoder's 32 features
     one = head_prefix(head, 1)
-    assert [l.name for l in one.layers] == ["dense0", "bn0", "relu0"]
+    assert [layer.name for layer in one.layers] == ["dense0", "bn0", "relu0"]
     assert one.layers[0] is head.layers[0]                          # shared weights
     assert len(head_prefix(head, 3).layers) == len(head.layers)
     with pytest.raises(ValueError):
@@ -293,6 +293,7 @@ def test_report_table_reads_results_files(tmp_path):
 def test_keras_teacher_files_load_only_in_safe_mode(tmp_path):
     import keras
     import pytest
+
     from ssl_tf.errors import SSLTFError
     from ssl_tf.methods import load_teacher
     inputs = keras.Input((8, 8, 3))

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from ssl_tf.models import layers as L
-from ssl_tf.models.resnet import resnet
 from helpers import forward_ops, pad_same
+
+from ssl_tf.models import kernels as K, layers as L
+from ssl_tf.models.resnet import resnet
 
 
 def _numpy_conv(x, kernel, stride, padding):
@@ -42,7 +42,7 @@ def test_small_conv2d_follows_the_convolution_formula_and_its_gradients(hw, k, s
     upstream = tf.constant(rng.normal(size=want.shape), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([xt, kt])
-        got = L.small_conv2d(xt, kt, stride, padding)
+        got = K.small_conv2d(xt, kt, stride, padding)
         ref = tf.nn.conv2d(xt, kt, stride, padding.upper())
         loss, ref_loss = tf.reduce_sum(got * upstream), tf.reduce_sum(ref * upstream)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
@@ -54,7 +54,7 @@ def test_small_conv2d_follows_the_convolution_formula_and_its_gradients(hw, k, s
 def test_small_conv2d_keeps_half_precision(dtype):
     rng = np.random.default_rng(1)
     x, kernel = rng.normal(size=(4, 2, 2, 8)), rng.normal(size=(3, 3, 8, 6)) * 0.3
-    got = L.small_conv2d(tf.constant(x, dtype), tf.constant(kernel, dtype))
+    got = K.small_conv2d(tf.constant(x, dtype), tf.constant(kernel, dtype))
     assert got.dtype == dtype
     np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), _numpy_conv(x, kernel, 1, "same"), atol=0.1)
 
@@ -65,12 +65,12 @@ def test_small_conv2d_keeps_half_precision(dtype):
     (4, 4, (1, 1), 2, False),      # a 1×1 kernel: the product would do 16× the work
     (2, 2, (1, 1), 1, False), (8, 8, (3, 3), 2, False), (None, 2, (3, 3), 1, False)])
 def test_small_conv_pays_only_for_tiny_outputs_at_bounded_cost(h, w, kernel, stride, pays):
-    assert L.small_conv_pays(h, w, kernel, stride, "same") is pays
+    assert K.small_conv_pays(h, w, kernel, stride, "same") is pays
 
 
 def test_small_conv_pays_never_for_an_empty_valid_output():
-    assert L.small_conv_pays(2, 2, (3, 3), 1, "valid") is False   # (2 − 3) + 1 = 0 rows
-    assert L.small_conv_pays(3, 3, (3, 3), 1, "valid") is True
+    assert K.small_conv_pays(2, 2, (3, 3), 1, "valid") is False   # (2 − 3) + 1 = 0 rows
+    assert K.small_conv_pays(3, 3, (3, 3), 1, "valid") is True
 
 
 def test_a_resnet_on_16px_crops_runs_its_last_stage_as_matrix_products_with_the_same_result():

@@ -16,12 +16,15 @@ import dataclasses
 import os
 import socket
 import zipfile
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ssl_tf.data import shapes, subsets
 from ssl_tf.errors import SSLTFError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SOURCE_KINDS = ("shapes", "npz:PATH", "folder:PATH", "tfds:NAME[:SPLIT]")

@@ -72,5 +72,8 @@ def augmented_probe(encoder, train, test, num_classes: int, *, image_size: int, 
     for batch_ in stream.take(epochs * per_epoch):
         step(batch_["views"], batch_["label"])
     test_x, test_y = extract(encoder, test, image_size, batch_size)
-    standardise = lambda x: (x - mean.numpy()) / std.numpy()
-    return {"top1": _top1(model, standardise(test_x), test_y), "train_top1": _top1(model, standardise(clean_x), clean_y)}
+
+    def standardise(x):
+        return (x - mean.numpy()) / std.numpy()
+    return {"top1": _top1(model, standardise(test_x), test_y),
+            "train_top1": _top1(model, standardise(clean_x), clean_y)}

@@ -1,16 +1,18 @@
 """PNG pictures of a run: training curves, a 2-D map of the evaluation embeddings, and a
 nearest-neighbour retrieval grid.
 
-Curves and maps need the ``plots`` extra (matplotlib; scikit-learn adds t-SNE):
-``pip install 'ssl_tf[plots]'``. Without it ``pyplot()`` says which extra to install and the
-run goes on. The retrieval grid is composed with NumPy and written with Pillow (a core
-dependency), so it is always written. Every figure has a fixed pixel size.
+Curves and maps use matplotlib, a core dependency; the ``plots`` extra adds scikit-learn for the
+t-SNE map (``pip install 'ssl_tf[plots]'``). Where matplotlib is missing anyway (an install without
+dependencies) ``pyplot()`` says so once and the run goes on. The retrieval grid is composed with
+NumPy and written with Pillow (a core dependency), so it is always written. Every figure has a
+fixed pixel size.
 """
 from __future__ import annotations
 
 import numpy as np
 
-PLOTS_EXTRA = "pip install 'ssl_tf[plots]'"
+MATPLOTLIB = "pip install matplotlib"
+PLOTS_EXTRA = "pip install 'ssl_tf[plots]'"   # scikit-learn, for t-SNE
 CURVES_SIZE = (1200, 360)     # width, height in pixels
 MAP_SIZE = (600, 600)
 CURVE_GROUPS = (("loss", ("loss",)),
@@ -26,7 +28,7 @@ def pyplot(log=print):
         from matplotlib import pyplot as plt
         return plt
     except ImportError:
-        log(f"plots: matplotlib is not installed, skipping curves and embedding maps ({PLOTS_EXTRA})")
+        log(f"plots: matplotlib is not installed, skipping curves and embedding maps ({MATPLOTLIB})")
         return None
 
 
@@ -138,6 +140,7 @@ def retrieval_grid(images: np.ndarray, features: np.ndarray, labels: np.ndarray,
         for col, n in enumerate(nn):
             x = (col + 1) * (cell + pad) + 8
             canvas[y:y + cell, x:x + cell] = tile(n)
-            canvas[y + cell + 1:y + cell + bar - 1, x:x + cell] = (40, 170, 60) if labels[n] == labels[q] else (210, 50, 40)
+            canvas[y + cell + 1:y + cell + bar - 1, x:x + cell] = ((40, 170, 60) if labels[n] == labels[q]
+                                                                   else (210, 50, 40))
     Image.fromarray(canvas).save(path)
     return path

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import os
 
+from ssl_tf import backend
 from ssl_tf.errors import SSLTFError
 
 COLUMNS = ("run", "method", "backbone", "epochs", "batch", "linear", "MLP", "kNN", "1% ft", "10% ft", "images/s")
 OPTIONAL = ("100% ft", "semi-sup. (EMA)", "distilled")
+TRAILING = ("machine",)   # where the images/s were measured; runs from before the fingerprint have none
 ACCURACY = ("linear", "MLP", "kNN", "1% ft", "10% ft") + OPTIONAL
 
 
@@ -49,7 +51,12 @@ def run_row(name: str, results: dict) -> dict:
         "1% ft": _top1(ft, "1%", "top1"), "10% ft": _top1(ft, "10%", "top1"), "100% ft": _top1(ft, "100%", "top1"),
         "images/s": pre.get("train_images_per_sec"),
         "semi-sup. (EMA)": pre.get("ema_top1"), "distilled": _top1(results, "distill", "top1"),
+        "machine": pre.get("machine") or _machine(results.get("machine")),
     }
+
+
+def _machine(fingerprint) -> str | None:
+    return backend.describe(fingerprint) if isinstance(fingerprint, dict) else None
 
 
 def load_rows(paths) -> list[dict]:
@@ -66,7 +73,8 @@ def load_rows(paths) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     """Top-1 columns in %, '–' where a run did not measure it; optional columns only when used."""
-    columns = list(COLUMNS[:-1]) + [c for c in OPTIONAL if any(r.get(c) is not None for r in rows)] + [COLUMNS[-1]]
+    used = lambda names: [c for c in names if any(r.get(c) is not None for r in rows)]   # noqa: E731
+    columns = list(COLUMNS[:-1]) + used(OPTIONAL) + [COLUMNS[-1]] + used(TRAILING)
 
     def cell(value, column):
         if value is None:

@@ -1,2 +1,6 @@
-from ssl_tf.export.saved_model import (FeatureExtractor, export_classifier, export_encoder,  # noqa: F401
-                                     load_feature_extractor)
+from ssl_tf.export.saved_model import (  # noqa: F401
+    FeatureExtractor,
+    export_classifier,
+    export_encoder,
+    load_feature_extractor,
+)

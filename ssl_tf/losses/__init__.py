@@ -1,11 +1,24 @@
 """Losses: pure functions of tensors, each with its formula and paper in the docstring."""
 from ssl_tf.losses.classification import cross_entropy, rebalanced_cross_entropy, rebalancing_weights  # noqa: F401
-from ssl_tf.losses.contrastive import (ContrastiveOutput, batch_contrastive, info_nce,  # noqa: F401
-                                       memory_bank_logits, memory_bank_nce, nce_normaliser, nt_xent,
-                                       queue_cross_entropy)
+from ssl_tf.losses.contrastive import (  # noqa: F401
+    ContrastiveOutput,
+    batch_contrastive,
+    info_nce,
+    memory_bank_logits,
+    memory_bank_nce,
+    nce_normaliser,
+    nt_xent,
+    queue_cross_entropy,
+)
 from ssl_tf.losses.dino import dino_loss, linear_soft_cross_entropy, updated_center  # noqa: F401
 from ssl_tf.losses.redundancy import barlow_lambda, barlow_twins_loss, vicreg_loss, vicreg_terms  # noqa: F401
+from ssl_tf.losses.semi import (  # noqa: F401
+    distillation_loss,
+    fixmatch_unlabelled_loss,
+    mixmatch_losses,
+    mixup,
+    mixup_lambda,
+    sharpen,
+)
 from ssl_tf.losses.similarity import byol_loss, negative_cosine, normalized_mse, simsiam_loss  # noqa: F401
 from ssl_tf.losses.triplet import pairwise_distances, triplet_semihard_loss  # noqa: F401
-from ssl_tf.losses.semi import (distillation_loss, fixmatch_unlabelled_loss, mixmatch_losses, mixup,  # noqa: F401
-                                mixup_lambda, sharpen)

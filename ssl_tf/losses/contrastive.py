@@ -74,7 +74,7 @@ def queue_cross_entropy(q, k, negatives, temperature: float, chunk: int = 4096):
     are formed in the forward pass, which walks the negatives ``chunk`` rows at a time with a
     running maximum (the online softmax): the largest transient is [b, chunk], not [b, K]. The
     loss is computed when the encoder's activations are all alive, so its transients add to the
-    step's peak memory (issue 7)."""
+    step's peak memory."""
     negatives = tf.convert_to_tensor(negatives, tf.float32)
     size = negatives.shape[0]
 

@@ -1,6 +1,6 @@
 """``--method`` registry: name -> SSLMethod subclass."""
-from ssl_tf.methods.base import Objective, SSLMethod  # noqa: F401
 from ssl_tf.methods.barlow_twins import BarlowTwins
+from ssl_tf.methods.base import Objective, SSLMethod  # noqa: F401
 from ssl_tf.methods.byol import BYOL
 from ssl_tf.methods.colorization import Colorization
 from ssl_tf.methods.dino import DINO

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
+from ssl_tf.errors import SSLTFError
 from ssl_tf.models import linear_head
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.optim import loss_scale as scaling
@@ -98,9 +99,8 @@ def ema_update(pairs, momentum):
 def write_rows(variable, rows, values):
     """``variable[rows] = values`` in place (a queue or memory bank of K rows): a scatter into
     the variable's own buffer rather than ``assign`` of an updated copy of all K rows (one
-    K × d copy per step; its effect on MoCo's peak RSS was within the run-to-run spread, issue
-    7). Under a strategy, the variables of the ``only_first_replica`` kind take the first
-    replica's rows."""
+    K × d copy per step; its effect on MoCo's peak RSS was within the run-to-run spread). Under a
+    strategy, the variables of the ``only_first_replica`` kind take the first replica's rows."""
     target = getattr(variable, "value", variable)   # a Keras variable wraps a tf.Variable
     target.scatter_update(tf.IndexedSlices(tf.cast(values, target.dtype), rows))
 
@@ -110,7 +110,7 @@ def after(first, *tensors):
     Methods run their target / key / teacher forward first and hand the online network its
     views through ``after``: the target's activations are freed before the online forward
     starts keeping its own for the backward pass. Left to TensorFlow's scheduler, the two
-    forwards overlap and the step's peak RSS was ~380 MB higher for MoCo (issue 7)."""
+    forwards overlap and the step's peak RSS was ~380 MB higher for MoCo."""
     with tf.control_dependencies(tf.nest.flatten(first)):
         return [tf.identity(t) for t in tensors]
 
@@ -132,6 +132,12 @@ def encode_views(network, views, training):
         out += tf.split(y, end - start, 0)
         start = end
     return out
+
+
+def _endless(dataset) -> bool:
+    """Whether a dataset never ends for practical purposes (ssl_tf's streams count to 2^62)."""
+    n = int(dataset.cardinality())
+    return n == int(tf.data.INFINITE_CARDINALITY) or n > 2 ** 40
 
 
 class SSLMethod(keras.Model):
@@ -195,7 +201,7 @@ class SSLMethod(keras.Model):
         ``build`` cannot), then build the optimizers on the method's and the probe's variables.
         The objective runs eagerly on the first two examples only: shapes are what create the
         variables, and an eager pass over a whole batch would hold every activation at once (it
-        set the peak memory of a whole run, issue 7)."""
+        set the peak memory of a whole run)."""
         if self.loss_scaling:   # the loss scale and its count of finite steps, checkpointed with the model
             self.loss_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(scaling.INITIAL_SCALE),
                                               trainable=False, name="loss_scale", aggregation="only_first_replica")
@@ -208,13 +214,45 @@ class SSLMethod(keras.Model):
         fixed = self.fixed_lr_variables
         if fixed:
             if fixed_optimizer is None:
-                raise ValueError(f"{type(self).__name__} trains some variables at a fixed lr: pass fixed_optimizer")
+                raise SSLTFError(f"{type(self).__name__} trains some variables at a fixed learning rate: set "
+                                 "method.fixed_optimizer (an optimizer at that constant rate) before fit, or pass "
+                                 "fixed_optimizer to build_with")
             self.fixed_optimizer = fixed_optimizer
             self.fixed_optimizer.build(fixed)
         self.optimizer.build(self._split(self.method_variables)[0])
         if self.probe is not None:
             self.probe_optimizer = probe_optimizer or keras.optimizers.Adam(1e-3)
             self.probe_optimizer.build(self.probe.trainable_variables)
+        self.built = self.ready_to_train = True   # every variable exists: Keras callbacks may load weights now
+
+    # -- the Keras-native path (one device) ----------------------------------------------
+    def stream(self, examples, batch_size: int, augment: views.AugmentConfig | None = None, seed: int = 0):
+        """``fit``'s input: endless, seeded batches of ``examples`` in this method's view recipe
+        (``augment`` defaults to ``AugmentConfig`` at the images' own side). One pass over the data
+        is ``self.batches_per_epoch(examples, batch_size)`` steps."""
+        if augment is None:
+            side = examples.images.shape[1] if examples.images is not None else views.AugmentConfig.image_size
+            augment = views.AugmentConfig(image_size=int(side))
+        return self.input_stream(examples, augment, global_batch=batch_size, seed=seed)
+
+    def fit(self, x=None, y=None, **kwargs):
+        """Keras ``fit`` on one device, after ``compile(optimizer=…)``. The first call builds the
+        method on ``x``'s first batch (``build_with``) and sizes its schedules (target momentum,
+        teacher temperature, ramp-ups) to ``epochs × steps_per_epoch``. Strategies, atomic
+        checkpoints and the evaluation modes are the runner's (``ssl-tf``): Keras ``fit`` fails
+        under MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
+        steps, epochs = kwargs.get("steps_per_epoch"), kwargs.get("epochs", 1)
+        if steps is None and isinstance(x, tf.data.Dataset) and _endless(x):
+            raise SSLTFError("fit: x is an endless stream; pass steps_per_epoch "
+                             "(method.batches_per_epoch(examples, batch_size) steps are one pass over the data)")
+        if steps:
+            self.steps_per_epoch, self.total_steps = int(steps), int(steps) * int(epochs)
+        if not getattr(self, "ready_to_train", False):
+            if getattr(self, "optimizer", None) is None:
+                raise SSLTFError("fit: call compile(optimizer=...) first, e.g. "
+                                 "method.compile(optimizer=ssl_tf.optim.build_optimizer('lars', 0.3, 1e-6))")
+            self.build_with(next(iter(x)), self.optimizer, fixed_optimizer=self.fixed_optimizer)
+        return super().fit(x, y, **kwargs)
 
     def current_step(self):
         """The optimizer's step count (0 before it is built) as int64."""

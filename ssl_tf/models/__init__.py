@@ -7,8 +7,17 @@ import re
 import keras
 
 from ssl_tf.models import resnet as _resnet
-from ssl_tf.models.heads import (classifier_head, dino_head, eval_head, head_prefix, linear_head, mlp,  # noqa: F401
-                                 mlp_head, pretext_head, projection_head)
+from ssl_tf.models.heads import (  # noqa: F401
+    classifier_head,
+    dino_head,
+    eval_head,
+    head_prefix,
+    linear_head,
+    mlp,
+    mlp_head,
+    pretext_head,
+    projection_head,
+)
 from ssl_tf.models.layers import INPUT_MODES, PRECISIONS, compute_dtype, dtype_policy  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19

@@ -43,7 +43,8 @@ class PatchEmbedding(layers.Layer):
         x = tf.reshape(x, [b, h * w, self.dim])
         grid_pos = tf.reshape(self.pos[:, 1:], [1, self.grid, self.grid, self.dim])
         grid_pos = tf.cond(tf.logical_and(tf.equal(h, self.grid), tf.equal(w, self.grid)),
-                           lambda: grid_pos,   # resize returns float32: back to the compute type (bfloat16 under --precision)
+                           lambda: grid_pos,
+                           # resize returns float32: back to the compute type (bfloat16 under --precision)
                            lambda: tf.cast(tf.image.resize(grid_pos, [h, w], method="bicubic"), grid_pos.dtype))
         x = x + tf.reshape(grid_pos, [1, h * w, self.dim])
         cls = tf.tile(self.cls + self.pos[:, :1], [b, 1, 1])

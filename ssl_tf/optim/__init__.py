@@ -5,8 +5,13 @@ import keras
 
 from ssl_tf.errors import SSLTFError
 from ssl_tf.optim.lars import LARS
-from ssl_tf.optim.schedules import (LR_SCALINGS, WarmupCosine, cosine_momentum,  # noqa: F401
-                                     linear_warmup_value, scale_learning_rate)
+from ssl_tf.optim.schedules import (  # noqa: F401
+    LR_SCALINGS,
+    WarmupCosine,
+    cosine_momentum,
+    linear_warmup_value,
+    scale_learning_rate,
+)
 
 OPTIMIZERS = ("lars", "sgd", "adam", "adamw")
 NO_DECAY = ["bias", "gamma", "beta"]   # Keras variable names of biases and BN parameters

@@ -1,0 +1,100 @@
+"""The Keras-native path on one device: every method trains with ``compile`` + ``fit`` on its own
+``stream``, with Keras callbacks (TensorBoard, BackupAndRestore resuming mid-run)."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssl_tf import optim
+from ssl_tf.config import Config, resolve
+from ssl_tf.data import views
+from ssl_tf.data.sources import Examples
+from ssl_tf.errors import SSLTFError
+from ssl_tf.methods import METHODS
+from ssl_tf.models import build_backbone
+
+SMALL = dict(proj_hidden=16, pred_hidden=16, proj_dim=16, dino_out_dim=32, queue_size=16, nce_k=8, head_hidden=16,
+             embed_dim=16, num_permutations=10, num_local_crops=2, num_exemplar_copies=2, mu=2)
+AUGMENT = views.AugmentConfig(image_size=16, num_local_crops=2, local_size=8, num_copies=2, patch_size=8)
+
+
+def _data(n=64):
+    rng = np.random.default_rng(0)
+    return Examples("random", rng.integers(0, 4, n), 4, images=rng.integers(0, 256, (n, 16, 16, 3), np.uint8))
+
+
+def _method(name, data):
+    keras.utils.set_random_seed(0)
+    c = resolve(Config(method=name, dataset="npz:x", image_size=16, width=0.0625, batch_size=8, **SMALL), 16)
+    encoder = build_backbone("resnet18", width=0.0625, image_size=16, input_mode=METHODS[name].encoder_input)
+    method = METHODS[name].from_config_obj(c, encoder, data.num_classes, num_examples=len(data))
+    if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
+        method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9))
+    return method
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_with_keras_fit(name):
+    data = _data()
+    method = _method(name, data)
+    history = method.fit(method.stream(data, 8, AUGMENT), epochs=2, steps_per_epoch=2, verbose=0)
+    assert int(method.optimizer.iterations) == 4
+    assert (method.steps_per_epoch, method.total_steps) == (2, 4)      # the method's schedules follow fit's length
+    assert len(history.history["loss"]) == 2 and np.all(np.isfinite(history.history["loss"]))
+    start = _method(name, data).encoder.get_weights()                  # same seed: the weights before training
+    moved = [not np.array_equal(a, b) for a, b in zip(start, method.encoder.get_weights())]
+    assert len(start) == len(moved) and any(moved)
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Fails at the start of an epoch, as a killed process would, after noting the weights."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.weights = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.weights = self.model.get_weights()
+            raise RuntimeError("interrupted")
+
+
+class _WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
+def test_backup_and_restore_resumes_weights_optimizer_and_epoch_and_tensorboard_logs(tmp_path):
+    data = _data()
+    backup, logs = str(tmp_path / "backup"), str(tmp_path / "logs")
+    first = _method("byol", data)   # an EMA target and a momentum schedule: more state than weights
+    stop = _StopAt(2)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.fit(first.stream(data, 8, AUGMENT), epochs=3, steps_per_epoch=2, verbose=0,
+                  callbacks=[keras.callbacks.BackupAndRestore(backup), keras.callbacks.TensorBoard(logs), stop])
+    assert int(first.optimizer.iterations) == 4
+    second = _method("byol", data)   # a new process would build the same method again
+    seen = _WeightsAtStart()
+    history = second.fit(second.stream(data, 8, AUGMENT), epochs=3, steps_per_epoch=2, verbose=0,
+                         callbacks=[keras.callbacks.BackupAndRestore(backup), seen])
+    assert len(history.history["loss"]) == 1                        # only the third epoch ran again
+    assert int(second.optimizer.iterations) == 6                    # the optimizer's state came back too
+    assert len(seen.weights) == len(stop.weights)
+    assert all(np.array_equal(a, b) for a, b in zip(seen.weights, stop.weights))   # target network included
+    assert any(f.startswith("events.out") for f in os.listdir(os.path.join(logs, "train")))
+
+
+def test_fit_refuses_an_endless_stream_without_steps_and_an_uncompiled_method():
+    data = _data()
+    method = _method("simclr", data)
+    with pytest.raises(SSLTFError, match="steps_per_epoch"):
+        method.fit(method.stream(data, 8, AUGMENT), epochs=1)
+    bare = METHODS["simclr"](build_backbone("resnet18", width=0.0625, image_size=16), 4, proj_dim=16)
+    with pytest.raises(SSLTFError, match="compile"):
+        bare.fit(bare.stream(data, 8, AUGMENT), epochs=1, steps_per_epoch=1)
+    finite = method.stream(data, 8, AUGMENT).take(3)                  # a finite dataset needs no steps
+    method.fit(finite, epochs=1, verbose=0)
+    assert int(method.optimizer.iterations) == 3 and isinstance(finite, tf.data.Dataset)
