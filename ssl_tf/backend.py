@@ -177,6 +177,21 @@ def native_bf16(isa) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(isa))
 
 
+def bf16_note(fp: dict) -> str | None:
+    """Why bf16 will be slow on this machine, or None. Without oneDNN, TensorFlow runs bf16 on Eigen's
+    kernels: SimCLR's ×0.25 step took 5.19 s in bf16 against 0.80 s in float32 (Zen 4, oneDNN off) and
+    0.21 s in bf16 with oneDNN on (benchmarks/cpu_backend.md)."""
+    if fp.get("gpus"):
+        return None
+    if fp.get("onednn") is False:
+        return (f"oneDNN is off ({ONEDNN_ENV}={fp.get('onednn_env')}), so bf16 runs on Eigen's kernels, several "
+                "times slower than float32; use float32 or turn oneDNN on")
+    if not native_bf16(fp.get("isa", ())):
+        return (f"this CPU ({isa_summary(fp.get('isa', ()))}) has no native bf16 (AVX512_BF16 or AMX), so TensorFlow "
+                "emulates it, usually slower than float32")
+    return None
+
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -63,10 +63,9 @@ class Runner:
                              "use --jit_compile=auto or false, or one device")
         self.cfg = cfg
         self.machine = backend.fingerprint(cfg.precision)   # every timing below is this machine's
-        if cfg.precision == "mixed_bfloat16" and not backend.native_bf16(self.machine["isa"]) \
-                and not self.machine.get("gpus"):
-            log(f"--precision=mixed_bfloat16: this CPU ({backend.isa_summary(self.machine['isa'])}) has no native "
-                "bf16 (AVX512_BF16 or AMX), so TensorFlow emulates it, usually slower than float32")
+        bf16_note = backend.bf16_note(self.machine) if cfg.precision == "mixed_bfloat16" else None
+        if bf16_note:
+            log(f"--precision=mixed_bfloat16: {bf16_note}")
         # Under several replicas BN is synchronised when --global_bn (SimCLR's global_bn).
         self.model_cfg = dataclasses.replace(cfg, global_bn=cfg.global_bn and self.replicas > 1)
         os.makedirs(cfg.model_dir, exist_ok=True)

@@ -96,6 +96,15 @@ def test_describe_names_cpu_isa_cores_backend_and_precision():
     assert "oneDNN on" in backend.describe(dict(fp, onednn=True)) and "1 GPU" in backend.describe(dict(fp, gpus=1))
 
 
+def test_bf16_note_names_why_bf16_will_be_slow():
+    zen4 = dict(isa=["avx2", "avx512f", "avx512_bf16"], onednn=True, onednn_env="1")
+    assert backend.bf16_note(zen4) is None
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in backend.bf16_note(dict(zen4, onednn=False, onednn_env="0"))
+    assert "no native bf16" in backend.bf16_note(dict(zen4, isa=["avx2", "fma"]))
+    assert backend.bf16_note(dict(zen4, isa=["avx2"], gpus=1)) is None
+    assert all("\n" not in backend.bf16_note(fp) for fp in (dict(zen4, onednn=False), dict(zen4, isa=[])))
+
+
 def test_report_has_a_machine_column_only_when_runs_recorded_one():
     fp = dict(backend.cpu_info(XEON), cores=2, onednn=True, precision="float32")
     with_machine = run_row("a", {"config": {"method": "simclr"}, "machine": fp})

@@ -25,11 +25,12 @@ def test_the_switch_swaps_every_fast_path_for_keras_layers_with_the_same_numbers
     assert kernels.enabled()
     x = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2])   # ResNet-18 ends at 2×2: the small-conv case
     fast = build_backbone("resnet18", width=0.0625, image_size=16)
+    initial = fast.get_weights()                                        # before the step moves the BN statistics
     (y_fast, g_fast), ops_fast = _traced_step(fast, x)
     with kernels.using(False):
         assert not kernels.enabled()
         plain = build_backbone("resnet18", width=0.0625, image_size=16)
-        plain.set_weights(fast.get_weights())
+        plain.set_weights(initial)
         (y_plain, g_plain), ops_plain = _traced_step(plain, x)
     assert kernels.enabled()                                             # restored after the block
     assert "FusedBatchNormV3" in ops_fast and "FusedBatchNormV3" not in ops_plain
