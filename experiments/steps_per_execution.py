@@ -41,6 +41,8 @@ def main():
     args = p.parse_args()
     args.jit = "auto"
     tf, runner, data, METHODS = _tf_setup(args)
+    from ssl_tf import backend
+    print(f"machine: {backend.describe(runner.machine)}", flush=True)
     from ssl_tf import optim
     cfg, augment, strategy = runner.model_cfg, runner.augment_config(), runner.strategy
     with strategy.scope():

@@ -1,7 +1,7 @@
 """The CPU backend, a quiet TensorFlow start, and the fingerprint of the machine a number came from.
 
-TensorFlow 2.21 turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16 or AMX.
-On AVX2-only CPUs (most AMD Zen 2/3 servers, many laptops) it leaves them off and convolutions take
+TensorFlow 2.21 turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or
+AMX. On AVX2-only CPUs (AMD Zen 2/3, Intel before Ice Lake) it leaves them off and convolutions take
 Eigen's path: on a 2-core AVX2 AMD EPYC, SimCLR's ResNet-18 step took 26.49 s with TensorFlow's
 default and 12.59 s with ``TF_ENABLE_ONEDNN_OPTS=1`` (benchmarks/cpu_backend.md). So importing
 ``ssl_tf`` turns oneDNN on, unless the user set the variable (their choice wins, whatever its value:
@@ -17,7 +17,7 @@ import os
 import platform
 import re
 import sys
-import tempfile
+import threading
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 _log = logging.getLogger("ssl_tf")
@@ -85,40 +85,62 @@ _NO_DRIVER_NOISE = re.compile(r"failed call to cuInit|Unable to register cu(DNN|
                               r"|computation placer already registered")
 
 
+class StartNoiseFilter:
+    """Line by line, the lines of TensorFlow's start-up output worth showing a user (pure; tested on
+    real output). The CUDA errors are noise only once the stub has said there is no driver."""
+
+    def __init__(self):
+        self.no_driver = False
+
+    def keep(self, line: str) -> bool:
+        if "Could not find cuda drivers" in line:
+            self.no_driver = True
+        return not (_ALWAYS_NOISE.search(line) or (self.no_driver and _NO_DRIVER_NOISE.search(line)))
+
+
 def filter_start_noise(text: str) -> str:
-    """The lines of TensorFlow's start-up output worth showing a user (pure; tested on real output)."""
-    lines = text.splitlines(keepends=True)
-    no_driver = any("Could not find cuda drivers" in line for line in lines)
-    return "".join(line for line in lines if not _ALWAYS_NOISE.search(line)
-                   and not (no_driver and _NO_DRIVER_NOISE.search(line)))
+    noise = StartNoiseFilter()
+    return "".join(line for line in text.splitlines(keepends=True) if noise.keep(line))
 
 
 @contextlib.contextmanager
 def _stderr_filtered():
-    """Capture file descriptor 2 (TensorFlow's C++ logs bypass ``sys.stderr``), then re-emit what
-    ``filter_start_noise`` keeps. On an exception, everything captured is shown."""
+    """File descriptor 2 (TensorFlow's C++ logs bypass ``sys.stderr``) through a pipe whose reader
+    passes on, as they arrive, the lines ``StartNoiseFilter`` keeps: a fatal message before an abort
+    still reaches the user. Without a real stderr or a pipe, nothing is filtered."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):   # no real stderr (embedded interpreter): do nothing
+    except (OSError, ValueError, AttributeError):   # no real stderr (an embedded interpreter)
         yield
         return
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace")
-            kept = text if failed else filter_start_noise(text)
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    noise = StartNoiseFilter()
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                if noise.keep(raw.decode("utf-8", "replace")):
+                    try:
+                        os.write(saved, raw)
+                    except OSError:   # stderr closed after the start (a writer outlived the block): stop
+                        return
+    reader = threading.Thread(target=forward, name="ssl_tf-start-log", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)   # the pipe's last writer is gone: the reader sees the end and stops
+        reader.join(timeout=5)
+        os.close(saved)
 
 
 def import_tensorflow():
@@ -138,7 +160,7 @@ def import_tensorflow():
 
 
 # ---------------------------------------------------------------------------------- the machine
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+ISA_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
 def cpu_info(cpuinfo_text: str | None = None) -> dict:
@@ -165,6 +187,8 @@ def cpu_info(cpuinfo_text: str | None = None) -> dict:
 def isa_summary(isa) -> str:
     """The instruction set that decides TensorFlow's CPU kernels, in one word or two."""
     isa = set(isa)
+    if not isa:
+        return "ISA unknown"   # no /proc/cpuinfo flags (not Linux, or not x86)
     if "amx_tile" in isa:
         return "AMX"
     if "avx512f" in isa:
@@ -186,7 +210,7 @@ def bf16_note(fp: dict) -> str | None:
     if fp.get("onednn") is False:
         return (f"oneDNN is off ({ONEDNN_ENV}={fp.get('onednn_env')}), so bf16 runs on Eigen's kernels, several "
                 "times slower than float32; use float32 or turn oneDNN on")
-    if not native_bf16(fp.get("isa", ())):
+    if fp.get("isa") and not native_bf16(fp["isa"]):   # an unknown ISA (not x86 Linux): no guess
         return (f"this CPU ({isa_summary(fp.get('isa', ()))}) has no native bf16 (AVX512_BF16 or AMX), so TensorFlow "
                 "emulates it, usually slower than float32")
     return None

@@ -32,14 +32,15 @@ JIT_CHOICES = ("auto", "true", "false")
 # at 0.15·√batch (measured over 200 steps of batch 256: linear probe 21.4% random -> 39.4% at
 # 0.15·√256, 34.9% at SimCLR's 0.075·√256, 37.2% at 0.3·√256, 33.3% with Adam 4e-3). Batch 128:
 # twice the steps in about the same time (full demo: +19.6 points over random vs +14.4 at 256).
-# 24 px and batch 64, so the demo ends within 5 minutes on a 2-core AVX2 CPU: on a 2-core AMD EPYC
-# (Zen 4, oneDNN on, 2026-12-01; pretrain + probes + kNN, linear top-1 over the random backbone's)
-# 32 px / batch 128 took 171.5 s at +17.3 points, 24 px / 128 took 110.7 s at +15.6, 24 px / 64
-# took 114.3 s at +19.2 (the shapes stay recognisable at 24 px; the step costs ~0.6x).
-SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=64, image_size=24, warmup_epochs=0.5, color_jitter=1.0,
+# The demo (SimCLR) at 24 px and batch 64, sized to end within 5 minutes on a 2-core AVX2 CPU (measured:
+# 2 min 22 s on a 2-core AMD EPYC Zen 4, 3 min 0 s with its oneDNN limited to AVX2 kernels): there
+# (2026-12-01; pretrain + probes + kNN, linear top-1 over the random backbone's) 32 px / batch 128 took
+# 171.5 s at +17.3 points, 24 px / 128 took 110.7 s at +15.6, 24 px / 64 took 114.3 s at +19.2 (the
+# shapes stay recognisable at 24 px; the step costs ~0.6x).
+SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, color_jitter=1.0,
                      crop_min_scale=0.3, ft_epochs=3, eval_epochs=50)
 SHAPES_METHOD_PRESET = {"simclr": dict(optimizer="lars", learning_rate=0.15, lr_scaling="sqrt", weight_decay=1e-6,
-                                       temperature=0.2)}
+                                       temperature=0.2, batch_size=64, image_size=24)}
 
 # The pretext tasks' recipe in the revisiting code (config/<task>/imagenet.sh, trainer.py): SGD with
 # momentum 0.9, lr 0.1 × batch/256, weight decay 1e-4, 5 warmup epochs of 35 (their step decay at
@@ -303,7 +304,7 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
         c.blur = False if c.blur is None else c.blur
     if c.method == "moco_v3" and c.backbone.startswith("vit") and c.temperature is None:
         c.temperature = 0.2                                                 # MoCo v3 ViT
-    presets = [SHAPES_PRESET, SHAPES_METHOD_PRESET.get(c.method, {})] if is_shapes else []
+    presets = [SHAPES_METHOD_PRESET.get(c.method, {}), SHAPES_PRESET] if is_shapes else []   # the method's first
     for preset in presets + [METHOD_DEFAULTS.get(c.method, {})]:
         for key, value in preset.items():
             if getattr(c, key) is None:

@@ -28,7 +28,7 @@ call to cuInit: UNKNOWN ERROR (303)
 
 def _env(**overrides):
     """This environment without the backend variable (the test process set it when importing ssl_tf)."""
-    env = {k: v for k, v in os.environ.items() if k != backend.ONEDNN_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (backend.ONEDNN_ENV, "TF_CPP_MIN_LOG_LEVEL")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     env.update(overrides)
     return env
@@ -74,7 +74,7 @@ XEON = """vendor_id\t: GenuineIntel
 cpu family\t: 6
 model\t\t: 207
 model name\t: Intel(R) Xeon(R) Platinum
-flags\t\t: avx avx2 fma avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_bf16
+flags\t\t: avx avx2 fma avx_vnni avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_bf16
 """
 
 
@@ -102,7 +102,8 @@ def test_bf16_note_names_why_bf16_will_be_slow():
     assert "TF_ENABLE_ONEDNN_OPTS=0" in backend.bf16_note(dict(zen4, onednn=False, onednn_env="0"))
     assert "no native bf16" in backend.bf16_note(dict(zen4, isa=["avx2", "fma"]))
     assert backend.bf16_note(dict(zen4, isa=["avx2"], gpus=1)) is None
-    assert all("\n" not in backend.bf16_note(fp) for fp in (dict(zen4, onednn=False), dict(zen4, isa=[])))
+    assert all("\n" not in backend.bf16_note(fp) for fp in (dict(zen4, onednn=False), dict(zen4, isa=["avx2"])))
+    assert backend.bf16_note(dict(zen4, isa=[])) is None and backend.isa_summary([]) == "ISA unknown"
 
 
 def test_report_has_a_machine_column_only_when_runs_recorded_one():
@@ -146,11 +147,15 @@ def test_import_ssl_tf_turns_onednn_on_respects_the_user_and_starts_quietly():
 
 def test_tensorflow_imported_first_keeps_its_backend_and_ssl_tf_does_not_touch_it():
     out = _python("import os, tensorflow, ssl_tf\nfrom ssl_tf import backend\n"
-                  "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), backend._state['choice'])")
-    assert out.stdout.split() == ["None", "late"]
-    # the one-line notice, when it is due (TensorFlow chose oneDNN off on this CPU), is a single line
+                  "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'), backend._state['choice'], backend.onednn_enabled())")
+    value, choice, enabled = out.stdout.split()
+    assert (value, choice) == ("None", "late")
+    # one line exactly when it is due: TensorFlow chose oneDNN off on this CPU (an AVX2 one), else none
     notices = [line for line in out.stderr.splitlines() if "imported before ssl_tf" in line]
-    assert len(notices) <= 1
+    assert len(notices) == (1 if enabled == "False" else 0), out.stderr[-2000:]
+    forced_off = _python("import os\nos.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'\nimport tensorflow\n"
+                         "del os.environ['TF_ENABLE_ONEDNN_OPTS']\nimport ssl_tf")   # TensorFlow first, oneDNN off
+    assert len([line for line in forced_off.stderr.splitlines() if "imported before ssl_tf" in line]) == 1
 
 
 @pytest.mark.slow

@@ -87,6 +87,24 @@ def test_backup_and_restore_resumes_weights_optimizer_and_epoch_and_tensorboard_
     assert any(f.startswith("events.out") for f in os.listdir(os.path.join(logs, "train")))
 
 
+def test_fit_keeps_compile_settings_and_sizes_the_schedules_on_every_call():
+    data = _data()
+    method = _method("byol", data)   # the target momentum follows a cosine over total_steps
+    method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9), steps_per_execution=2)
+    method.fit(method.stream(data, 8, AUGMENT), epochs=1, steps_per_epoch=2, verbose=0)
+    assert method.steps_per_execution == 2 and int(method.optimizer.iterations) == 2   # not reset by building
+    first = method.train_function
+    method.fit(method.stream(data, 8, AUGMENT), epochs=3, initial_epoch=1, steps_per_epoch=2, verbose=0)
+    assert (method.steps_per_epoch, method.total_steps) == (2, 6) and int(method.optimizer.iterations) == 6
+    assert method.train_function is not first                          # retraced: the schedule is a constant in it
+    method.fit(method.stream(data, 8, AUGMENT), None, None, 4, 0, initial_epoch=3, steps_per_epoch=2)   # positional
+    assert int(method.optimizer.iterations) == 8 and method.total_steps == 8
+    finite = _method("byol", data)
+    known = finite.stream(data, 8, AUGMENT).take(3).apply(tf.data.experimental.assert_cardinality(3))
+    finite.fit(known, epochs=2, verbose=0)                               # no steps: the dataset's known length
+    assert (finite.steps_per_epoch, finite.total_steps) == (3, 6) and int(finite.optimizer.iterations) == 6
+
+
 def test_fit_refuses_an_endless_stream_without_steps_and_an_uncompiled_method():
     data = _data()
     method = _method("simclr", data)
@@ -95,6 +113,7 @@ def test_fit_refuses_an_endless_stream_without_steps_and_an_uncompiled_method():
     bare = METHODS["simclr"](build_backbone("resnet18", width=0.0625, image_size=16), 4, proj_dim=16)
     with pytest.raises(SSLTFError, match="compile"):
         bare.fit(bare.stream(data, 8, AUGMENT), epochs=1, steps_per_epoch=1)
-    finite = method.stream(data, 8, AUGMENT).take(3)                  # a finite dataset needs no steps
-    method.fit(finite, epochs=1, verbose=0)
-    assert int(method.optimizer.iterations) == 3 and isinstance(finite, tf.data.Dataset)
+    with pytest.raises(SSLTFError, match="tf.data.Dataset"):
+        method.fit(np.zeros([8, 16, 16, 3], np.float32), epochs=1, steps_per_epoch=1)
+    with pytest.raises(SSLTFError, match="steps_per_epoch"):                 # unknown length: filter()
+        method.fit(method.stream(data, 8, AUGMENT).take(3).filter(lambda b: True), epochs=1)

@@ -23,6 +23,7 @@ updates of queues and memory banks).
 """
 from __future__ import annotations
 
+import inspect
 import typing
 
 import keras
@@ -196,12 +197,13 @@ class SSLMethod(keras.Model):
     def call(self, images, training=False):
         return self.encoder(images, training=training)
 
-    def build_with(self, batch, optimizer, probe_optimizer=None, fixed_optimizer=None):
+    def build_with(self, batch, optimizer, probe_optimizer=None, fixed_optimizer=None, compile: bool = True):
         """Create every variable by running the objective on ``batch`` (a subclassed model's
         ``build`` cannot), then build the optimizers on the method's and the probe's variables.
         The objective runs eagerly on the first two examples only: shapes are what create the
         variables, and an eager pass over a whole batch would hold every activation at once (it
-        set the peak memory of a whole run)."""
+        set the peak memory of a whole run). ``compile=False``: keep the user's ``compile`` settings
+        (``optimizer`` is then the compiled one)."""
         if self.loss_scaling:   # the loss scale and its count of finite steps, checkpointed with the model
             self.loss_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(scaling.INITIAL_SCALE),
                                               trainable=False, name="loss_scale", aggregation="only_first_replica")
@@ -210,7 +212,8 @@ class SSLMethod(keras.Model):
         out = self.objective(tf.nest.map_structure(lambda t: t[:2] if t.shape.rank else t, batch), training=False)
         if self.probe is not None:
             self.probe(out.features)
-        self.compile(optimizer=optimizer, jit_compile=False)
+        if compile:
+            self.compile(optimizer=optimizer, jit_compile=False)
         fixed = self.fixed_lr_variables
         if fixed:
             if fixed_optimizer is None:
@@ -235,24 +238,40 @@ class SSLMethod(keras.Model):
             augment = views.AugmentConfig(image_size=int(side))
         return self.input_stream(examples, augment, global_batch=batch_size, seed=seed)
 
-    def fit(self, x=None, y=None, **kwargs):
-        """Keras ``fit`` on one device, after ``compile(optimizer=…)``. The first call builds the
-        method on ``x``'s first batch (``build_with``) and sizes its schedules (target momentum,
-        teacher temperature, ramp-ups) to ``epochs × steps_per_epoch``. Strategies, atomic
-        checkpoints and the evaluation modes are the runner's (``ssl-tf``): Keras ``fit`` fails
-        under MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
-        steps, epochs = kwargs.get("steps_per_epoch"), kwargs.get("epochs", 1)
-        if steps is None and isinstance(x, tf.data.Dataset) and _endless(x):
-            raise SSLTFError("fit: x is an endless stream; pass steps_per_epoch "
-                             "(method.batches_per_epoch(examples, batch_size) steps are one pass over the data)")
-        if steps:
-            self.steps_per_epoch, self.total_steps = int(steps), int(steps) * int(epochs)
+    def fit(self, *args, **kwargs):
+        """Keras ``fit`` on one device, after ``compile(optimizer=…)``, with ``x`` a ``tf.data.Dataset``
+        (``stream``). The first call builds the method on ``x``'s first batch (``build_with``, keeping
+        the compile settings). Every call sizes the method's schedules (target momentum, teacher
+        temperature, ramp-ups) to ``epochs × steps_per_epoch`` (a finite dataset's length when no
+        ``steps_per_epoch``), retracing the step when they change. Strategies, atomic checkpoints and
+        the evaluation modes are the runner's (``ssl-tf``): Keras ``fit`` fails under
+        MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        shuffle_given = "shuffle" in bound.arguments
+        bound.apply_defaults()
+        if not shuffle_given:   # a stream is shuffled by its seed; Keras would warn that it ignores shuffle=True
+            bound.arguments["shuffle"] = False
+        x, epochs, steps = bound.arguments["x"], bound.arguments["epochs"], bound.arguments["steps_per_epoch"]
+        if not isinstance(x, tf.data.Dataset):
+            raise SSLTFError(f"fit: x must be a tf.data.Dataset such as method.stream(examples, batch_size); got "
+                             f"{type(x).__name__}")
+        if steps is None:
+            n = int(x.cardinality())
+            if _endless(x) or n < 0:
+                raise SSLTFError("fit: x is an endless (or unknown-length) stream; pass steps_per_epoch "
+                                 "(method.batches_per_epoch(examples, batch_size) steps are one pass over the data)")
+            steps = n
+        schedule = (int(steps), int(steps) * int(epochs))
+        if (self.steps_per_epoch, self.total_steps) != schedule:
+            self.steps_per_epoch, self.total_steps = schedule
+            self.train_function = None   # the schedules are constants of the traced step: trace it again
         if not getattr(self, "ready_to_train", False):
             if getattr(self, "optimizer", None) is None:
                 raise SSLTFError("fit: call compile(optimizer=...) first, e.g. "
                                  "method.compile(optimizer=ssl_tf.optim.build_optimizer('lars', 0.3, 1e-6))")
-            self.build_with(next(iter(x)), self.optimizer, fixed_optimizer=self.fixed_optimizer)
-        return super().fit(x, y, **kwargs)
+            self.build_with(next(iter(x)), self.optimizer, probe_optimizer=self.probe_optimizer,
+                            fixed_optimizer=self.fixed_optimizer, compile=False)
+        return super().fit(*bound.args[1:], **bound.kwargs)
 
     def current_step(self):
         """The optimizer's step count (0 before it is built) as int64."""
