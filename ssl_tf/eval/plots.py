@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MATPLOTLIB = "pip install matplotlib"
-PLOTS_EXTRA = "pip install 'ssl_tf[plots]'"   # scikit-learn, for t-SNE
+PLOTS_EXTRA = "pip install 'ssl_tf[plots]'"   # brings matplotlib (a core dependency) back, and scikit-learn for t-SNE
 CURVES_SIZE = (1200, 360)     # width, height in pixels
 MAP_SIZE = (600, 600)
 CURVE_GROUPS = (("loss", ("loss",)),
@@ -28,7 +27,7 @@ def pyplot(log=print):
         from matplotlib import pyplot as plt
         return plt
     except ImportError:
-        log(f"plots: matplotlib is not installed, skipping curves and embedding maps ({MATPLOTLIB})")
+        log(f"plots: matplotlib is not installed, skipping curves and embedding maps ({PLOTS_EXTRA})")
         return None
 
 
