@@ -73,7 +73,8 @@ def load_rows(paths) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     """Top-1 columns in %, '–' where a run did not measure it; optional columns only when used."""
-    used = lambda names: [c for c in names if any(r.get(c) is not None for r in rows)]   # noqa: E731
+    def used(names):
+        return [c for c in names if any(r.get(c) is not None for r in rows)]
     columns = list(COLUMNS[:-1]) + used(OPTIONAL) + [COLUMNS[-1]] + used(TRAILING)
 
     def cell(value, column):
