@@ -46,8 +46,8 @@ def main():
     from ssl_tf import optim
     cfg, augment, strategy = runner.model_cfg, runner.augment_config(), runner.strategy
     with strategy.scope():
-        model = METHODS[cfg.method].from_config_obj(cfg, runner.build_encoder(), 10, num_examples=len(data))
-        model.total_steps, model.steps_per_epoch = 1000, 100
+        model = METHODS[cfg.method].from_config(cfg, runner.build_encoder(), 10, num_examples=len(data))
+        model.set_schedule(100, 1000)
         sample = next(iter(model.input_stream(data, augment, global_batch=args.batch, seed=0)))
         model.build_with(sample, optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum),
                          fixed_optimizer=optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum))

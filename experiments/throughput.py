@@ -100,8 +100,8 @@ def tf_worker(args) -> dict:
     tf, runner, data, METHODS = _tf_setup(args)
     cfg, augment = runner.model_cfg, runner.augment_config()
     encoder = runner.build_encoder()
-    model = METHODS[cfg.method].from_config_obj(cfg, encoder, 10, num_examples=len(data))
-    model.total_steps, model.steps_per_epoch = 1000, 100
+    model = METHODS[cfg.method].from_config(cfg, encoder, 10, num_examples=len(data))
+    model.set_schedule(100, 1000)
     stream = model.input_stream(data, augment, global_batch=args.batch, seed=0)
     if args.what == "augment":
         it = iter(stream)
@@ -116,7 +116,7 @@ def tf_worker(args) -> dict:
     from ssl_tf import optim
     model.build_with(sample, optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum),
                      fixed_optimizer=optim.build_optimizer(cfg.optimizer, 0.1, cfg.weight_decay, cfg.momentum))
-    jit = runner._use_jit()
+    jit = runner.use_jit()
     crops = _tf_crops(tf, sample["views"])
 
     def backbone_sum(crops):   # the backbone's training-mode forward on every view batch, as one scalar
@@ -355,8 +355,8 @@ def heads_of(method, args) -> dict:
     from ssl_tf import config as config_lib
     c = config_lib.resolve(config_lib.Config(method=method, dataset="npz:x", batch_size=args.batch,
                                              width=args.width, **json.loads(args.overrides)), 32)
-    return {k: getattr(c, k) for k in ("proj_hidden", "proj_dim", "proj_layers", "pred_hidden", "temperature",
-                                       "queue_size", "dino_out_dim")}
+    return {k: getattr(c.params, k) for k in ("proj_hidden", "proj_dim", "proj_layers", "pred_hidden", "temperature",
+                                              "queue_size", "dino_out_dim") if hasattr(c.params, k)}
 
 
 def main():

@@ -18,12 +18,17 @@ from ssl_tf.data import load_dataset  # noqa: E402,F401
 from ssl_tf.errors import SSLTFError  # noqa: E402,F401
 
 
-def build_method(name: str, encoder, num_classes: int = 0, **kwargs):
-    """A method by registry name, e.g. ``build_method('simclr', encoder, 10, temperature=0.5)``."""
-    from ssl_tf.methods import METHODS
-    if name not in METHODS:
-        raise SSLTFError(f"method '{name}': unknown; accepted: {', '.join(METHODS)}")
-    return METHODS[name](encoder, num_classes, **kwargs)
+def build_method(name: str, encoder, num_classes: int = 0, *, num_examples: int = 1, **settings):
+    """A method by registry name with its paper defaults, ``settings`` under their flag names:
+    ``build_method("byol", encoder, 10, proj_dim=128, target_momentum=0.99)``. Shared settings the
+    method's checks read (``batch_size`` for MoCo's queue, ``global_bn``) may be passed too; the image
+    size is the encoder's. ``num_examples``: the training set's size (NPID's memory bank)."""
+    from ssl_tf import config
+    side = getattr(encoder, "input_shape", (None, None))[1] or 224
+    settings.setdefault("image_size", int(side))
+    settings.setdefault("global_bn", False)
+    cfg = config.resolve(Config(method=name, dataset="npz:-", model_dir="-", **settings), int(side))
+    return config.method_class(name).from_config(cfg, encoder, num_classes, num_examples)
 
 
 def __getattr__(name):  # lazy: importing ssl_tf does not import TensorFlow-heavy modules

@@ -1,8 +1,10 @@
 """``ssl-tf``: the absl command line. The only module that reads FLAGS.
 
-Every flag is generated from a ``Config`` field (same name, type, help and choices), so the
-flags, the typed config and the README table cannot drift apart. Flags become a ``Config``
-at once; mistakes end as one line ``ssl-tf: error: …`` and exit status 2.
+Every flag is generated: from a shared ``Config`` field, or from a parameter a method declares in
+its ``Params`` (same name, type, help and choices; one flag for a name several methods declare,
+such as ``--temperature``, whose default is then each method's own). The flags, the typed settings
+and docs/flags.md cannot drift apart. Flags become a ``Config`` at once; mistakes end as one line
+``ssl-tf: error: …`` and exit status 2.
 """
 from __future__ import annotations
 
@@ -27,24 +29,54 @@ def _base_type(tp):
     return tp
 
 
+def _define(name, tp, default, help_, choices, flag_values):
+    if choices:
+        flags.DEFINE_enum(name, default, list(choices), help_, flag_values=flag_values)
+    elif tp is bool:
+        flags.DEFINE_boolean(name, default, help_, flag_values=flag_values)
+    elif tp is int:
+        flags.DEFINE_integer(name, default, help_, flag_values=flag_values)
+    elif tp is float:
+        flags.DEFINE_float(name, default, help_, flag_values=flag_values)
+    else:
+        flags.DEFINE_string(name, default, help_, flag_values=flag_values)
+
+
+def method_flag_specs() -> dict:
+    """{flag: (type, help, choices)} of every registered method's parameters. A name several methods
+    declare is one flag (default: each method's own), which must have one type everywhere."""
+    from ssl_tf.methods import METHODS, settings
+    specs = {}
+    for name, declared in settings.param_fields().items():
+        types = {tp for _, _, tp in declared}
+        if len(types) > 1:
+            raise TypeError(f"--{name}: declared with different types by {[m for m, _, _ in declared]}")
+        helps = list(dict.fromkeys(f.metadata["help"] for _, f, _ in declared))
+        defaults = ", ".join(f"{m} {'auto' if f.default is None else f.default}" for m, f, _ in declared)
+        choices = next((f.metadata.get("choices") for _, f, _ in declared if f.metadata.get("choices")), None)
+        help_ = f"{helps[0] if len(helps) == 1 else ' | '.join(helps)} [{defaults}]"
+        specs[name] = (types.pop(), help_, choices)
+    assert set(METHODS)   # the registry is filled by importing ssl_tf.methods
+    return specs
+
+
 def define_flags(flag_values=FLAGS):
     hints = typing.get_type_hints(Config)
+    from ssl_tf.methods import METHODS
     for f in dataclasses.fields(Config):
-        tp, help_, choices = _base_type(hints[f.name]), f.metadata["help"], f.metadata.get("choices")
-        if choices:
-            flags.DEFINE_enum(f.name, f.default, list(choices), help_, flag_values=flag_values)
-        elif tp is bool:
-            flags.DEFINE_boolean(f.name, f.default, help_, flag_values=flag_values)
-        elif tp is int:
-            flags.DEFINE_integer(f.name, f.default, help_, flag_values=flag_values)
-        elif tp is float:
-            flags.DEFINE_float(f.name, f.default, help_, flag_values=flag_values)
-        else:
-            flags.DEFINE_string(f.name, f.default, help_, flag_values=flag_values)
+        if not f.metadata.get("flag", True):
+            continue
+        choices = tuple(METHODS) if f.name == "method" else f.metadata.get("choices")
+        _define(f.name, _base_type(hints[f.name]), f.default, f.metadata["help"], choices, flag_values)
+    for name, (tp, help_, choices) in method_flag_specs().items():
+        _define(name, tp, None, help_, choices, flag_values)   # None: the chosen method's default
 
 
 def config_from_flags(flag_values=FLAGS) -> Config:
-    return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})
+    shared = {f.name: flag_values[f.name].value for f in dataclasses.fields(Config) if f.metadata.get("flag", True)}
+    method_args = {name: flag_values[name].value for name in method_flag_specs()
+                   if flag_values[name].value is not None}
+    return Config(**shared, method_args=method_args)
 
 
 def main(argv):
@@ -95,6 +127,8 @@ def _main_with_errors(argv):
 
 def run():
     """Console-script entry point."""
+    from ssl_tf import backend
+    backend.import_tensorflow()   # before the methods' modules (their flags) load it unfiltered
     define_flags()
     app.run(_main_with_errors)
 

@@ -16,6 +16,7 @@ from PIL import Image
 from ssl_tf import cli, config as config_lib
 from ssl_tf.data import sources
 from ssl_tf.errors import SSLTFError
+from ssl_tf.methods import METHODS
 
 FLAG_CASES = 600
 FILE_CASES = 150
@@ -184,7 +185,7 @@ def test_random_corrupted_files_load_or_fail_cleanly(tmp_path):
 # ----------------------------------------------------------------------------- whole runs
 
 def _random_run(rng, tmp_path, case):
-    method = rng.choice(config_lib.METHOD_NAMES)
+    method = rng.choice(list(METHODS))
     backbone = rng.choice(["resnet18", "resnet18v2", "vgg19", "vit_tiny", "revnet50"])
     c = dict(method=str(method), backbone=str(backbone), mode=str(rng.choice(["pretrain", "pretrain,knn",
                                                                            "pretrain,export"])),

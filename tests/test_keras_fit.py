@@ -29,7 +29,7 @@ def _method(name, data):
     keras.utils.set_random_seed(0)
     c = resolve(Config(method=name, dataset="npz:x", image_size=16, width=0.0625, batch_size=8, **SMALL), 16)
     encoder = build_backbone("resnet18", width=0.0625, image_size=16, input_mode=METHODS[name].encoder_input)
-    method = METHODS[name].from_config_obj(c, encoder, data.num_classes, num_examples=len(data))
+    method = METHODS[name].from_config(c, encoder, data.num_classes, num_examples=len(data))
     if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
         method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9))

@@ -170,7 +170,7 @@ def _fp16_simclr(batch, precision="mixed_float16"):
     keras.utils.set_random_seed(0)
     model = METHODS["simclr"](build_backbone("resnet18", width=0.125, image_size=16, precision=precision), 10,
                               proj_hidden=32, proj_dim=16)
-    model.total_steps, model.loss_scaling = 10, precision == "mixed_float16"
+    model.set_schedule(model.steps_per_epoch, 10, loss_scaling=precision == "mixed_float16")
     model.build_with(batch, keras.optimizers.SGD(0.05, momentum=0.9),
                      fixed_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     return model
@@ -274,10 +274,10 @@ def _first_loss(c: Config) -> float:
     eagerly through the runner's own data, encoder and method construction."""
     runner = Runner(c, log=lambda *a: None)
     keras.utils.set_random_seed(c.seed)
-    train = runner._fraction_labelled_train()
-    model = METHODS[c.method].from_config_obj(runner.model_cfg, runner.build_encoder(), runner.data.num_classes,
+    train = runner.fraction_labelled_train()
+    model = METHODS[c.method].from_config(runner.model_cfg, runner.build_encoder(), runner.data.num_classes,
                                               num_examples=len(train))
-    model.total_steps, model.steps_per_epoch = 10, 10
+    model.set_schedule(10, 10)
     batch = next(iter(model.input_stream(train, runner.augment_config(), global_batch=c.batch_size, seed=c.seed)))
     loss = model.objective(batch, training=True).loss
     assert loss.dtype == tf.float32

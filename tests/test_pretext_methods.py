@@ -6,12 +6,11 @@ import pytest
 import tensorflow as tf
 
 from ssl_tf import distribute
-from ssl_tf.config import PRETEXT_METHODS
 from ssl_tf.data import pipeline, shapes, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.eval import layerwise
 from ssl_tf.eval.layerwise import pool_features, pooled_side
-from ssl_tf.methods import METHODS, Colorization, Exemplar, Jigsaw, S4LRotation  # noqa: F401
+from ssl_tf.methods import METHODS, Colorization, Exemplar, Jigsaw, S4LRotation, names  # noqa: F401
 from ssl_tf.models import BACKBONES, build_backbone, representation_layers
 
 CFG = views.AugmentConfig(image_size=16, patch_size=8, num_copies=4, color_jitter=0.5)
@@ -40,7 +39,7 @@ def _method(name, strategy=None, **extra):
     return cls(enc, 10, **{**ARGS.get(name, {}), **extra})
 
 
-@pytest.mark.parametrize("name", PRETEXT_METHODS)
+@pytest.mark.parametrize("name", names("pretext"))
 def test_loss_decreases_on_a_tiny_fixed_batch(name, monkeypatch, tmp_path):
     monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
     model = _method(name)

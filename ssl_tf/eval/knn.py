@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 
-def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = 200, temperature: float = 0.1,
-                chunk: int = 1024) -> np.ndarray:
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 200,
+                temperature: float = 0.1, chunk: int = 1024) -> np.ndarray:
     bank = tf.math.l2_normalize(tf.constant(train_x, tf.float32), -1)
     labels = tf.constant(train_y, tf.int64)
     k = min(k, len(train_x))
@@ -27,5 +27,6 @@ def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = 200, temper
     return np.concatenate(preds) if preds else np.zeros([0], np.int64)
 
 
-def knn_top1(train_x, train_y, test_x, test_y, num_classes: int, k: int = 200, temperature: float = 0.1) -> float:
+def knn_top1(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
+             k: int = 200, temperature: float = 0.1) -> float:
     return float(np.mean(knn_predict(train_x, train_y, test_x, num_classes, k, temperature) == test_y) * 100)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from ssl_tf.data import pipeline
+from ssl_tf.data.sources import Examples
 from ssl_tf.eval.linear import probe
 from ssl_tf.models import intermediate_model, representation_layers
 
@@ -71,8 +73,9 @@ def extract_layers(backbone, examples, names, image_size: int, max_features: int
     return out, labels
 
 
-def layerwise(backbone, train, test, num_classes: int, *, image_size: int, max_features: int = 9000,
-              head: str = "linear", epochs: int = 100, batch_size: int = 256, seed: int = 0, log=None) -> list[dict]:
+def layerwise(backbone: keras.Model, train: Examples, test: Examples, num_classes: int, *, image_size: int,
+              max_features: int = 9000, head: str = "linear", epochs: int = 100, batch_size: int = 256, seed: int = 0,
+              log=None) -> list[dict]:
     """One row per representation layer, input to output: {layer, shape, features, top1}."""
     names = representation_layers(backbone)
     shapes = intermediate_model(backbone, names)(tf.zeros([1, image_size, image_size, 3]), training=False)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_tf.data import pipeline, views
+from ssl_tf.data.sources import Examples
 from ssl_tf.eval.features import extract
 from ssl_tf.models import eval_head
 
@@ -34,8 +35,9 @@ def _top1(model, x, y) -> float:
     return float(np.mean(np.argmax(model.predict(x, batch_size=1024, verbose=0), -1) == y) * 100)
 
 
-def probe(train_x, train_y, test_x, test_y, num_classes: int, head: str = "linear", epochs: int = 100,
-          batch_size: int = 256, learning_rate: float = 0.1, seed: int = 0) -> dict:
+def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
+          head: str = "linear", epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1,
+          seed: int = 0) -> dict:
     """Train ``head`` on cached (train_x, train_y); top-1 (%) on the test and the train set."""
     mean = train_x.mean(0, keepdims=True)
     std = train_x.std(0, keepdims=True) + 1e-6
@@ -47,9 +49,9 @@ def probe(train_x, train_y, test_x, test_y, num_classes: int, head: str = "linea
     return {"top1": _top1(model, vx, test_y), "train_top1": _top1(model, tx, train_y)}
 
 
-def augmented_probe(encoder, train, test, num_classes: int, *, image_size: int, head: str = "linear",
-                    epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1, seed: int = 0,
-                    crop_scale=(0.08, 1.0)) -> dict:
+def augmented_probe(encoder: keras.Model, train: Examples, test: Examples, num_classes: int, *, image_size: int,
+                    head: str = "linear", epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1,
+                    seed: int = 0, crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
     """Train ``head`` on crop+flip views of ``train`` (Examples) through the frozen ``encoder``."""
     clean_x, clean_y = extract(encoder, train, image_size, batch_size)
     mean = tf.constant(clean_x.mean(0, keepdims=True))

@@ -4,16 +4,36 @@ The loss is computed on the embeddings gathered from every replica (the paper's 
 so it is the same for any number of replicas."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import barlow_lambda, barlow_twins_loss
 from ssl_tf.methods.base import Objective, SSLMethod, encode_views
+from ssl_tf.methods.settings import ProjectorParams, check, param, register
 from ssl_tf.models import mlp
 
 
+@register("barlow_twins", family="joint")
 class BarlowTwins(SSLMethod):
     view_recipe = "asymmetric_two_views"
+
+    # Barlow Twins (facebookresearch/barlowtwins main.py): LARS 0.2 × batch/256 for the weights, wd 1.5e-6.
+    recipe = dict(optimizer="lars", learning_rate=0.2, weight_decay=1.5e-6)
+
+    @dataclasses.dataclass
+    class Params(ProjectorParams):
+        proj_hidden: int = param(8192, "Projection hidden width.", source="Barlow Twins §4: 8192")
+        proj_dim: int = param(8192, "Projection output dimension.", source="Barlow Twins §4: 8192")
+        barlow_lambda: Optional[float] = param(None, "Off-diagonal weight λ (0.0051 at 8192 dims, scaled "
+                                                     "×8192/--proj_dim).", source="Barlow Twins §4: 0.0051")
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(self.barlow_lambda is None or self.barlow_lambda >= 0, "barlow_lambda", self.barlow_lambda,
+                  "must be >= 0")
 
     def __init__(self, encoder, num_classes=0, proj_hidden=8192, dim=8192, lambd=None, synchronized_bn=False,
                  **kwargs):
@@ -22,9 +42,9 @@ class BarlowTwins(SSLMethod):
         self.projector = mlp((proj_hidden, proj_hidden, dim), synchronized_bn=synchronized_bn, name="projector")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, proj_hidden=cfg.proj_hidden, dim=cfg.proj_dim, lambd=cfg.barlow_lambda,
-                   synchronized_bn=cfg.global_bn)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, proj_hidden=p.proj_hidden, dim=p.proj_dim, lambd=p.barlow_lambda,
+                   synchronized_bn=shared.global_bn)
 
     def objective(self, batch, training):
         x1, x2 = batch["views"]

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
+from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
 from ssl_tf.models import linear_head
 from ssl_tf.models.layers import BatchNorm
@@ -142,12 +143,17 @@ def _endless(dataset) -> bool:
 
 
 class SSLMethod(keras.Model):
+    name: str = ""               # --method name and family, set by settings.register
+    family: str = ""
+    needs_labels = False         # trains on labelled data too (S4L, FixMatch, MixMatch)
+    recipe: dict = {}            # shared settings (optimizer, lr, batch …) whose defaults the method's paper changes
+    shapes_recipe: dict = {}     # … and on the built-in shapes demo dataset
     view_recipe = "two_views"    # the data/views.py recipe the method trains on
     encoder_input = "rgb"        # what the backbone sees of its RGB input: rgb | lightness
     eval_encoder_attr = "encoder"  # which network evaluation and export use (DINO: the teacher)
-    total_steps = 1              # set by the runner before building: momentum/temperature schedules
+    total_steps = 1              # the schedules' length and dynamic loss scaling: ``set_schedule``
     steps_per_epoch = 1
-    loss_scaling = False         # set by the runner before building: dynamic loss scaling (--precision=mixed_float16)
+    loss_scaling = False
 
     def __init__(self, encoder: keras.Model, num_classes: int = 0, online_probe: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -156,6 +162,21 @@ class SSLMethod(keras.Model):
         self.probe = linear_head(num_classes, name="online_probe") if (online_probe and num_classes > 0) else None
         self.probe_optimizer = None
         self.fixed_optimizer = None
+
+    @classmethod
+    def from_params(cls, p, shared, encoder: keras.Model, num_classes: int, num_examples: int = 1) -> "SSLMethod":
+        """The method built from its own resolved ``Params`` ``p`` and the shared ``Config``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg, encoder: keras.Model, num_classes: int, num_examples: int = 1) -> "SSLMethod":
+        """The method of a resolved ``Config`` (``config.resolve``): its ``params`` and shared settings."""
+        if cfg.params is None or not isinstance(cfg.params, cls.Params):
+            raise ValueError(f"{cls.__name__}.from_config: pass a Config resolved for --method={cls.name} "
+                             "(ssl_tf.config.resolve)")
+        method = cls.from_params(cfg.params, cfg, encoder, num_classes, num_examples)
+        method.params = cfg.params      # its views' settings (patch size, local crops …) for ``stream``
+        return method
 
     # -- the one hook a method writes -------------------------------------------------
     def objective(self, batch, training: bool) -> Objective:
@@ -185,19 +206,22 @@ class SSLMethod(keras.Model):
         return []
 
     # -- data -------------------------------------------------------------------------
-    def input_stream(self, examples, augment, *, global_batch, seed, start_step=0, input_context=None):
+    def input_stream(self, examples: Examples, augment: views.AugmentConfig, *, global_batch: int, seed: int,
+                     start_step: int = 0, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         """This input pipeline's per-replica batches (default: one stream of ``view_recipe`` views)."""
         return pipeline.train_stream(examples, views.views_for(self.view_recipe, augment), global_batch=global_batch,
                                      seed=seed, start_step=start_step, input_context=input_context)
 
-    def batches_per_epoch(self, examples, global_batch) -> int:
+    def batches_per_epoch(self, examples: Examples, global_batch: int) -> int:
         return pipeline.steps_per_epoch(examples, global_batch)
 
     # -- setup ------------------------------------------------------------------------
-    def call(self, images, training=False):
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.encoder(images, training=training)
 
-    def build_with(self, batch, optimizer, probe_optimizer=None, fixed_optimizer=None, compile: bool = True):
+    def build_with(self, batch: dict, optimizer: keras.optimizers.Optimizer,
+                   probe_optimizer: keras.optimizers.Optimizer | None = None,
+                   fixed_optimizer: keras.optimizers.Optimizer | None = None, compile: bool = True) -> None:
         """Create every variable by running the objective on ``batch`` (a subclassed model's
         ``build`` cannot), then build the optimizers on the method's and the probe's variables.
         The objective runs eagerly on the first two examples only: shapes are what create the
@@ -229,13 +253,16 @@ class SSLMethod(keras.Model):
         self.built = self.ready_to_train = True   # every variable exists: Keras callbacks may load weights now
 
     # -- the Keras-native path (one device) ----------------------------------------------
-    def stream(self, examples, batch_size: int, augment: views.AugmentConfig | None = None, seed: int = 0):
+    def stream(self, examples: Examples, batch_size: int, augment: views.AugmentConfig | None = None,
+               seed: int = 0) -> tf.data.Dataset:
         """``fit``'s input: endless, seeded batches of ``examples`` in this method's view recipe
-        (``augment`` defaults to ``AugmentConfig`` at the images' own side). One pass over the data
+        (``augment`` defaults to ``AugmentConfig`` at the images' own side, with what the method's
+        ``Params`` set when it was built by ``build_method`` or ``from_config``). One pass over the data
         is ``self.batches_per_epoch(examples, batch_size)`` steps."""
         if augment is None:
             side = examples.images.shape[1] if examples.images is not None else views.AugmentConfig.image_size
-            augment = views.AugmentConfig(image_size=int(side))
+            params = getattr(self, "params", None)
+            augment = views.AugmentConfig(image_size=int(side), **(params.augment() if params is not None else {}))
         return self.input_stream(examples, augment, global_batch=batch_size, seed=seed)
 
     def fit(self, *args, **kwargs):
@@ -261,10 +288,7 @@ class SSLMethod(keras.Model):
                 raise SSLTFError("fit: x is an endless (or unknown-length) stream; pass steps_per_epoch "
                                  "(method.batches_per_epoch(examples, batch_size) steps are one pass over the data)")
             steps = n
-        schedule = (int(steps), int(steps) * int(epochs))
-        if (self.steps_per_epoch, self.total_steps) != schedule:
-            self.steps_per_epoch, self.total_steps = schedule
-            self.train_function = None   # the schedules are constants of the traced step: trace it again
+        self.set_schedule(int(steps), int(steps) * int(epochs))
         if not getattr(self, "ready_to_train", False):
             if getattr(self, "optimizer", None) is None:
                 raise SSLTFError("fit: call compile(optimizer=...) first, e.g. "
@@ -272,6 +296,16 @@ class SSLMethod(keras.Model):
             self.build_with(next(iter(x)), self.optimizer, probe_optimizer=self.probe_optimizer,
                             fixed_optimizer=self.fixed_optimizer, compile=False)
         return super().fit(*bound.args[1:], **bound.kwargs)
+
+    def set_schedule(self, steps_per_epoch: int, total_steps: int, loss_scaling: bool | None = None) -> None:
+        """The training length the method's schedules follow (target momentum, teacher temperature,
+        ramp-ups) and, for ``mixed_float16``, dynamic loss scaling. Call before the first step; a
+        change later retraces Keras's step (the schedules are constants of the traced step)."""
+        if (self.steps_per_epoch, self.total_steps) != (steps_per_epoch, total_steps):
+            self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+            self.train_function = None
+        if loss_scaling is not None:
+            self.loss_scaling = loss_scaling
 
     def current_step(self):
         """The optimizer's step count (0 before it is built) as int64."""
@@ -301,7 +335,7 @@ class SSLMethod(keras.Model):
         return [v for v in variables if id(v) not in fixed], [v for v in variables if id(v) in fixed]
 
     # -- the step ---------------------------------------------------------------------
-    def train_step(self, batch):
+    def train_step(self, batch: dict) -> dict:
         variables = self.method_variables
         step = tf.identity(self.optimizer.iterations)
         with tf.GradientTape() as tape:

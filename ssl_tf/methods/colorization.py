@@ -14,6 +14,8 @@ are one-hot (nearest bin) rather than soft-encoded over 5 neighbours.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -22,14 +24,27 @@ from ssl_tf import distribute
 from ssl_tf.data import color
 from ssl_tf.losses import rebalanced_cross_entropy, rebalancing_weights
 from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.settings import REVISITING_RECIPE, MethodParams, check, param, register
 from ssl_tf.models import spatial_output
 
 OUTPUT_FRACTION = 4   # predict at 1/4 of the input side
 
 
+@register("colorization", family="pretext")
 class Colorization(SSLMethod):
     view_recipe = "crop_flip"
     encoder_input = "lightness"
+
+    recipe = REVISITING_RECIPE
+
+    @dataclasses.dataclass
+    class Params(MethodParams):
+        rebalance_lambda: float = param(0.5, "Class-rebalancing mix λ with the uniform prior.",
+                                        source="Zhang et al. 2016 §2.2: 0.5")
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(0 <= self.rebalance_lambda <= 1, "rebalance_lambda", self.rebalance_lambda, "must be in [0, 1]")
 
     def __init__(self, encoder, num_classes=0, rebalance_lambda=0.5, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
@@ -43,8 +58,8 @@ class Colorization(SSLMethod):
                                           name="bin_counts", aggregation="only_first_replica")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, rebalance_lambda=cfg.rebalance_lambda)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, rebalance_lambda=p.rebalance_lambda)
 
     def objective(self, batch, training):
         rgb = batch["views"]                                           # [b, S, S, 3] in [0, 1]

@@ -12,18 +12,69 @@ logits are formed one view at a time and never kept for the backward pass.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import dino_loss, updated_center
 from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
+from ssl_tf.methods.settings import MomentumParams, check, param, register
 from ssl_tf.models import dino_head
 from ssl_tf.optim import cosine_momentum, linear_warmup_value
 
 
+@register("dino", family="joint")
 class DINO(SSLMethod):
     view_recipe = "multi_crop"
     eval_encoder_attr = "teacher_encoder"
+
+    # DINO (facebookresearch/dino main_dino.py): AdamW 5e-4 × batch/256, wd 0.04, 10 warm-up epochs, global
+    # crops from 40% of the area.
+    recipe = dict(optimizer="adamw", learning_rate=5e-4, weight_decay=0.04, crop_min_scale=0.4)
+
+    @dataclasses.dataclass
+    class Params(MomentumParams):
+        target_momentum: float = param(0.996, "Momentum of the teacher, rising to 1 on a cosine.",
+                                       source="main_dino.py --momentum_teacher 0.996")
+        dino_out_dim: int = param(65536, "Output dimension K of the head.", source="main_dino.py --out_dim")
+        student_temperature: float = param(0.1, "Student temperature.", source="DINO §3.1: 0.1")
+        teacher_temperature: float = param(0.07, "Teacher temperature after warm-up.",
+                                           source="main_dino.py --teacher_temp 0.07")
+        warmup_teacher_temperature: float = param(0.04, "Teacher temperature at step 0.",
+                                                  source="main_dino.py --warmup_teacher_temp 0.04")
+        teacher_warmup_epochs: float = param(30, "Epochs of the linear teacher-temperature warm-up.",
+                                             source="main_dino.py --warmup_teacher_temp_epochs 30")
+        center_momentum: float = param(0.9, "Momentum of the teacher-output centre.", source="DINO §3.1: 0.9")
+        num_local_crops: int = param(6, "Local crops per image besides the 2 global ones.",
+                                     source="main_dino.py --local_crops_number")
+        local_crop_size: Optional[int] = param(None, "Local crop side (96 at 224 px; default image_size × 96/224, "
+                                                     "half the image at <= 32 px).", source="DINO §3.1: 96")
+        local_crop_scale: float = param(0.4, "Local crops cover 5%% to this fraction of the image; global crops "
+                                             "from this to 100%% (--crop_min_scale).",
+                                        source="main_dino.py --local_crops_scale 0.05 0.4")
+
+        def resolve(self, shared):
+            if self.local_crop_size is None:
+                size = shared.image_size
+                self.local_crop_size = size // 2 if size <= 32 else round(size * 96 / 224)
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(self.dino_out_dim >= 2, "dino_out_dim", self.dino_out_dim, "must be >= 2")
+            for flag in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
+                check(getattr(self, flag) > 0, flag, getattr(self, flag), "must be > 0")
+            check(self.teacher_warmup_epochs >= 0, "teacher_warmup_epochs", self.teacher_warmup_epochs,
+                  "must be >= 0")
+            check(0 <= self.center_momentum < 1, "center_momentum", self.center_momentum, "must be in [0, 1)")
+            check(self.num_local_crops >= 0, "num_local_crops", self.num_local_crops, "must be >= 0")
+            check(self.local_crop_size >= 4, "local_crop_size", self.local_crop_size, "must be >= 4")
+            check(0.05 < self.local_crop_scale <= 1, "local_crop_scale", self.local_crop_scale, "must be in (0.05, 1]")
+
+        def augment(self):
+            return dict(num_local_crops=self.num_local_crops, local_size=self.local_crop_size,
+                        local_crop_scale=(0.05, self.local_crop_scale))
 
     def __init__(self, encoder, num_classes=0, out_dim=65536, momentum=0.996, student_temperature=0.1,
                  teacher_temperature=0.07, warmup_teacher_temperature=0.04, teacher_warmup_epochs=30,
@@ -41,12 +92,12 @@ class DINO(SSLMethod):
                                       aggregation="only_first_replica")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, out_dim=cfg.dino_out_dim, momentum=cfg.target_momentum,
-                   student_temperature=cfg.student_temperature, teacher_temperature=cfg.teacher_temperature,
-                   warmup_teacher_temperature=cfg.warmup_teacher_temperature,
-                   teacher_warmup_epochs=cfg.teacher_warmup_epochs, center_momentum=cfg.center_momentum,
-                   ema_bn_stats=cfg.ema_bn_stats, precision=cfg.precision)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, out_dim=p.dino_out_dim, momentum=p.target_momentum,
+                   student_temperature=p.student_temperature, teacher_temperature=p.teacher_temperature,
+                   warmup_teacher_temperature=p.warmup_teacher_temperature,
+                   teacher_warmup_epochs=p.teacher_warmup_epochs, center_momentum=p.center_momentum,
+                   ema_bn_stats=p.ema_bn_stats, precision=shared.precision)
 
     @property
     def target_pairs(self):

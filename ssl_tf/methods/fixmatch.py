@@ -9,24 +9,40 @@ when confident, train the prediction on a strongly augmented view of the same im
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssl_tf.losses import cross_entropy, fixmatch_unlabelled_loss
 from ssl_tf.methods.base import Objective
+from ssl_tf.methods.settings import check, param, register
 from ssl_tf.methods.supervised import SemiSupervised
 
 
+@register("fixmatch", family="semi")
 class FixMatch(SemiSupervised):
     unlabelled_recipe = "weak_strong"
+
+    # FixMatch (Sohn et al. 2020, §4 and appendix B.1, CIFAR-10): SGD Nesterov 0.03, wd 5e-4, batch 64, no warm-up.
+    recipe = dict(optimizer="sgd", learning_rate=0.03, lr_scaling="none", weight_decay=5e-4, warmup_epochs=0.0,
+                  batch_size=64)
+
+    @dataclasses.dataclass
+    class Params(SemiSupervised.Params):
+        threshold: float = param(0.95, "Confidence threshold τ of the pseudo-labels.", source="FixMatch §4: 0.95")
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(0 < self.threshold <= 1, "threshold", self.threshold, "must be in (0, 1]")
 
     def __init__(self, encoder, num_classes, threshold=0.95, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.threshold = threshold
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, threshold=cfg.threshold, mu=cfg.mu, unlabelled_weight=cfg.unlabelled_weight,
-                   ema_decay=cfg.ema_decay)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, threshold=p.threshold, mu=p.mu, unlabelled_weight=p.unlabelled_weight,
+                   ema_decay=p.ema_decay)
 
     def objective(self, batch, training):
         x = batch["labelled"]["views"]

@@ -11,16 +11,34 @@ batch, keeping the label.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssl_tf.data import patches
 from ssl_tf.methods.patch_task import PatchTask
+from ssl_tf.methods.settings import check, param, register
 
 MAX_FOREIGN_TILES = 2   # Jigsaw++
 
 
+@register("jigsaw", family="pretext")
 class Jigsaw(PatchTask):
     task_name = "jigsaw"
+
+    @dataclasses.dataclass
+    class Params(PatchTask.Params):
+        num_permutations: int = param(1000, "Size of the maximal-Hamming permutation set.",
+                                      source="Noroozi & Favaro 2016: 1000")
+        perm_subset_size: int = param(8, "Permutations used per training batch.", source="revisiting: 8")
+        jigsaw_plus: bool = param(False, "Jigsaw++: replace up to 2 tiles of each image with another image's tiles.",
+                                  source="Noroozi et al. 2018")
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(2 <= self.num_permutations <= 362880, "num_permutations", self.num_permutations, "must be in [2, 9!]")
+            check(1 <= self.perm_subset_size <= self.num_permutations, "perm_subset_size", self.perm_subset_size,
+                  f"must be in [1, --num_permutations={self.num_permutations}]")
 
     def __init__(self, encoder, num_classes=0, num_permutations=1000, perm_subset_size=8, jigsaw_plus=False,
                  **kwargs):
@@ -30,10 +48,9 @@ class Jigsaw(PatchTask):
         self.jigsaw_plus = jigsaw_plus
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, num_permutations=cfg.num_permutations,
-                   perm_subset_size=cfg.perm_subset_size, jigsaw_plus=cfg.jigsaw_plus,
-                   head_hidden=cfg.head_hidden, seed=cfg.seed)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, num_permutations=p.num_permutations, perm_subset_size=p.perm_subset_size,
+                   jigsaw_plus=p.jigsaw_plus, head_hidden=p.head_hidden, seed=shared.seed)
 
     def arrangements(self, training):
         n = tf.shape(self.permutations)[0]

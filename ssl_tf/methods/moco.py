@@ -23,11 +23,15 @@ are always computed with batch statistics; evaluation uses the query encoder).
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import info_nce
 from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, write_rows
+from ssl_tf.methods.settings import MomentumParams, check, param, register
 from ssl_tf.models import mlp
 
 
@@ -35,8 +39,44 @@ def _unit_rows(shape, dtype=None):
     return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), -1)
 
 
+@register("moco", family="joint")
 class MoCo(SSLMethod):
     view_recipe = "two_views"
+
+    # MoCo v2 (facebookresearch/moco main_moco.py with --mlp --aug-plus --cos): SGD 0.03 × batch/256, wd 1e-4,
+    # no warm-up, crops from 20% of the area.
+    recipe = dict(optimizer="sgd", learning_rate=0.03, weight_decay=1e-4, warmup_epochs=0.0, crop_min_scale=0.2)
+
+    @dataclasses.dataclass
+    class Params(MomentumParams):
+        moco_version: int = param(2, "MoCo: 1 (linear head, T 0.07, no blur) or 2 (MLP head, T 0.2, blur).",
+                                  source="MoCo v1, MoCo v2 (Chen et al. 2020b)")
+        queue_size: int = param(65536, "MoCo: negative keys in the queue K; a multiple of --batch_size.",
+                                source="MoCo §4: K = 65536")
+        bn_groups: int = param(8, "MoCo: key batch-norm groups of the shuffled global batch (shuffle BN).",
+                               source="MoCo §3.3: 8 GPUs")
+        target_momentum: float = param(0.999, "Momentum m of the key encoder (constant).", source="MoCo §4: 0.999")
+        temperature: Optional[float] = param(None, "InfoNCE temperature (v1 0.07, v2 0.2).",
+                                             source="MoCo §4 (0.07), MoCo v2 (0.2)")
+        proj_dim: int = param(128, "Key / query embedding dimension.", source="MoCo §4: 128")
+
+        def resolve(self, shared):
+            if self.temperature is None:
+                self.temperature = 0.07 if self.moco_version == 1 else 0.2
+            if self.moco_version == 1 and shared.blur is None:
+                shared.blur = False                                   # MoCo v1's augmentation has no blur
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(self.moco_version in (1, 2), "moco_version", self.moco_version, "accepted: 1, 2")
+            check(self.temperature > 0, "temperature", self.temperature, "must be > 0")
+            check(self.proj_dim >= 1, "proj_dim", self.proj_dim, "must be >= 1")
+            check(self.queue_size >= 1, "queue_size", self.queue_size, "must be >= 1")
+            check(self.bn_groups >= 1, "bn_groups", self.bn_groups, "must be >= 1")
+            check(self.queue_size % shared.batch_size == 0, "queue_size", self.queue_size,
+                  f"must be a multiple of --batch_size={shared.batch_size} (each step replaces one batch of keys)")
+            check(shared.batch_size % self.bn_groups == 0, "bn_groups", self.bn_groups,
+                  f"must divide --batch_size={shared.batch_size}")
 
     def __init__(self, encoder, num_classes=0, version=2, queue_size=65536, momentum=0.999, temperature=0.2,
                  dim=128, bn_groups=8, ema_bn_stats=False, seed=0, **kwargs):
@@ -55,10 +95,10 @@ class MoCo(SSLMethod):
                                          name="queue_ptr", aggregation="only_first_replica")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, version=cfg.moco_version, queue_size=cfg.queue_size,
-                   momentum=cfg.target_momentum, temperature=cfg.temperature, dim=cfg.proj_dim,
-                   bn_groups=cfg.bn_groups, ema_bn_stats=cfg.ema_bn_stats, seed=cfg.seed)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, version=p.moco_version, queue_size=p.queue_size, momentum=p.target_momentum,
+                   temperature=p.temperature, dim=p.proj_dim, bn_groups=p.bn_groups, ema_bn_stats=p.ema_bn_stats,
+                   seed=shared.seed)
 
     @property
     def target_pairs(self):

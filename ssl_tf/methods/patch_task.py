@@ -7,17 +7,44 @@ batch uses and which label each carries.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import tensorflow as tf
 
 from ssl_tf.data import patches
 from ssl_tf.losses import cross_entropy
 from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.settings import REVISITING_RECIPE, MethodParams, check, param
 from ssl_tf.models import pretext_head
 
 
 class PatchTask(SSLMethod):
     view_recipe = "patch_grid"
     task_name = "patch"
+
+    recipe = REVISITING_RECIPE
+
+    @dataclasses.dataclass
+    class Params(MethodParams):
+        patch_size: Optional[int] = param(None, "Side of each grid patch (default image_size // 2, at least 8).",
+                                          source="revisiting: 64 at 224 px")
+        patch_jitter: float = param(21 / 85, "Random gap between grid patches, as a fraction of a cell.",
+                                    source="revisiting: 21/85")
+        head_hidden: int = param(4096, "Hidden units of the patch classifier (0 = linear).",
+                                 source="revisiting: fc 4096")
+
+        def resolve(self, shared):
+            self.patch_size = self.patch_size or max(8, shared.image_size // 2)
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(self.patch_size >= 4, "patch_size", self.patch_size, "must be >= 4")
+            check(0 <= self.patch_jitter < 1, "patch_jitter", self.patch_jitter, "must be in [0, 1)")
+            check(self.head_hidden >= 0, "head_hidden", self.head_hidden, "must be >= 0")
+
+        def augment(self):
+            return dict(patch_size=self.patch_size, patch_jitter=self.patch_jitter)
 
     def __init__(self, encoder, num_classes=0, num_outputs=8, head_hidden=4096, head_dropout=0.5, seed=0,
                  **kwargs):

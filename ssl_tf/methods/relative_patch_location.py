@@ -11,19 +11,23 @@ import tensorflow as tf
 
 from ssl_tf.data import patches
 from ssl_tf.methods.patch_task import PatchTask
+from ssl_tf.methods.settings import register
 
 PAIRS = [[cell, patches.CENTRE] for cell in patches.NEIGHBOURS]   # label k <-> PAIRS[k]
 
 
+@register("relative_patch_location", family="pretext")
 class RelativePatchLocation(PatchTask):
     task_name = "location"
+
+    Params = PatchTask.Params
 
     def __init__(self, encoder, num_classes=0, **kwargs):
         super().__init__(encoder, num_classes, num_outputs=len(PAIRS), **kwargs)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, head_hidden=cfg.head_hidden, seed=cfg.seed)
+    def from_params(cls, p: PatchTask.Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, head_hidden=p.head_hidden, seed=shared.seed)
 
     def arrangements(self, training):
         return tf.constant(PAIRS, tf.int32), tf.range(len(PAIRS))

@@ -6,24 +6,34 @@ the rotation with softmax cross-entropy.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssl_tf.losses import cross_entropy
 from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.settings import REVISITING_RECIPE, MethodParams, register
 from ssl_tf.models import linear_head
 
 NUM_ROTATIONS = 4
 
 
+@register("rotation", family="pretext")
 class Rotation(SSLMethod):
     view_recipe = "rotations"
+
+    recipe = REVISITING_RECIPE
+
+    @dataclasses.dataclass
+    class Params(MethodParams):
+        """Rotation has no parameters of its own: four rotations, a linear head (Gidaris et al. 2018)."""
 
     def __init__(self, encoder, num_classes=0, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.rotation_head = linear_head(NUM_ROTATIONS, name="rotation_head")
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes)
 
     def ssl_objective(self, views, training):

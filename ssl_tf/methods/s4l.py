@@ -8,17 +8,30 @@ The supervised head sees the upright image (rotation) or the first copy (exempla
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssl_tf.losses import cross_entropy
 from ssl_tf.methods.base import Objective
 from ssl_tf.methods.exemplar import Exemplar
 from ssl_tf.methods.rotation import Rotation
+from ssl_tf.methods.settings import check, param, register
 from ssl_tf.models import linear_head
 
 
 class S4LMixin:
     """Adds the supervised head and loss to a method that defines ``ssl_objective``."""
+    needs_labels = True
+
+    @staticmethod
+    def ssl_weight_param():
+        return param(1.0, "S4L: weight w of the self-supervised loss in L_sup + w·L_self.",
+                     source="Zhai et al. 2019 §3: w = 1")
+
+    @staticmethod
+    def check_ssl_weight(params):
+        check(params.ssl_weight >= 0, "ssl_weight", params.ssl_weight, "must be >= 0")
 
     def init_s4l(self, num_classes, ssl_weight):
         if num_classes <= 0:
@@ -37,29 +50,46 @@ class S4LMixin:
         return Objective(sup_loss + self.ssl_weight * ssl_loss, features=features, embeddings=embeddings, logs=logs)
 
 
+@register("s4l_rotation", family="pretext")
 class S4LRotation(S4LMixin, Rotation):
+    @dataclasses.dataclass
+    class Params(Rotation.Params):
+        ssl_weight: float = S4LMixin.ssl_weight_param()
+
+        def validate(self, shared):
+            super().validate(shared)
+            S4LMixin.check_ssl_weight(self)
+
     def __init__(self, encoder, num_classes, ssl_weight=1.0, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.init_s4l(num_classes, ssl_weight)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, ssl_weight=cfg.ssl_weight)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, ssl_weight=p.ssl_weight)
 
     def objective(self, batch, training):
         loss, acc, features = self.ssl_objective(batch["views"], training)
         return self.joint(batch, loss, features, {"rotation_acc": acc})
 
 
+@register("s4l_exemplar", family="pretext")
 class S4LExemplar(S4LMixin, Exemplar):
+    @dataclasses.dataclass
+    class Params(Exemplar.Params):
+        ssl_weight: float = S4LMixin.ssl_weight_param()
+
+        def validate(self, shared):
+            super().validate(shared)
+            S4LMixin.check_ssl_weight(self)
+
     def __init__(self, encoder, num_classes, ssl_weight=1.0, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.init_s4l(num_classes, ssl_weight)
 
     @classmethod
-    def from_config_obj(cls, cfg, encoder, num_classes, **_):
-        return cls(encoder, num_classes, ssl_weight=cfg.ssl_weight, embed_dim=cfg.embed_dim,
-                   margin=cfg.triplet_margin)
+    def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
+        return cls(encoder, num_classes, ssl_weight=p.ssl_weight, embed_dim=p.embed_dim, margin=p.triplet_margin)
 
     def objective(self, batch, training):
         loss, features, z = self.ssl_objective(batch["views"], training)

@@ -9,11 +9,14 @@ evaluation and export use (both papers report the EMA model).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ssl_tf.data import pipeline, views
 from ssl_tf.losses import cross_entropy
 from ssl_tf.methods.base import Objective, SSLMethod, clone_network
+from ssl_tf.methods.settings import MethodParams, check, param
 from ssl_tf.models import classifier_head
 
 
@@ -46,6 +49,21 @@ class SemiSupervised(Classifier):
     view_recipe = "weak"              # the labelled stream
     unlabelled_recipe = "weak_strong"
     eval_encoder_attr = "ema_encoder"
+
+    needs_labels = True
+
+    @dataclasses.dataclass
+    class Params(MethodParams):
+        mu: int = param(7, "Unlabelled images per labelled one in a batch.", source="FixMatch §4: μ = 7")
+        unlabelled_weight: float = param(1.0, "Weight λ_u of the unlabelled loss.", source="FixMatch §4: λ_u = 1")
+        ema_decay: float = param(0.999, "Decay of the weight EMA used for evaluation.",
+                                 source="FixMatch appendix B.1, MixMatch §4: 0.999")
+
+        def validate(self, shared):
+            super().validate(shared)
+            check(self.mu >= 1, "mu", self.mu, "must be >= 1")
+            check(self.unlabelled_weight >= 0, "unlabelled_weight", self.unlabelled_weight, "must be >= 0")
+            check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1)")
 
     def __init__(self, encoder, num_classes, mu=7, unlabelled_weight=1.0, ema_decay=0.999, **kwargs):
         if num_classes <= 0:

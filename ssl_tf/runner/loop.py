@@ -1,0 +1,223 @@
+"""The one training loop of every strategy: ``strategy.run(train_step)`` over a distributed stream.
+
+Keras 3 ``fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so every phase
+that trains — pretraining, fine-tuning, distillation — goes through ``train``: checkpoints every N
+steps (each carrying the loss history and the method and settings that wrote it), automatic
+resume, a stop on the first non-finite loss, SIGTERM handled as a preemption notice, TensorBoard
+scalars, the collapse monitor and a progress bar.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssl_tf import backend, checkpoints
+from ssl_tf.data.sources import Examples
+from ssl_tf.errors import SSLTFError
+from ssl_tf.runner.results import peak_rss_mb
+
+COLLAPSE_STD = 0.1   # embedding_std below this (1 = spread out on the sphere, 0 = one point): collapsed
+
+
+def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: int, make_optimizer, tag: str,
+          max_steps: int | None = None, run_info: dict | None = None):
+    """Train ``make_model()`` on ``examples`` with its view recipe; resume from ``model_dir/tag``.
+    ``run_info`` (the method and settings) is stored with every checkpoint; a checkpoint written by
+    another method is refused with a one-line error. Returns (model, summary)."""
+    cfg, strategy, replicas = runner.cfg, runner.strategy, runner.replicas
+    keras.utils.set_random_seed(cfg.seed)
+    augment = runner.augment_config()
+    with tf.device("/cpu:0"):   # a plain host variable: the loop's own counter, not a replicated one
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    with strategy.scope():
+        model = make_model()
+        per_epoch = model.batches_per_epoch(examples, global_batch)
+        total = epochs * per_epoch
+        stop = min(total, max_steps) if max_steps else total
+        model.set_schedule(per_epoch, total, loss_scaling=cfg.precision == "mixed_float16")
+        sample = next(iter(model.input_stream(examples, augment, global_batch=global_batch // replicas,
+                                              seed=cfg.seed)))
+        model.build_with(sample, make_optimizer(total, per_epoch),
+                         fixed_optimizer=make_optimizer(total, per_epoch, constant=True))
+        parts = dict(model=model, optimizer=model.optimizer, step=step)
+        if model.probe_optimizer is not None:
+            parts["probe_optimizer"] = model.probe_optimizer
+        if model.fixed_optimizer is not None:
+            parts["fixed_optimizer"] = model.fixed_optimizer
+        ckpt = tf.train.Checkpoint(**parts)
+    manager = checkpoints.AtomicCheckpoints(ckpt, os.path.join(cfg.model_dir, tag), cfg.keep_checkpoints,
+                                            is_chief=runner.is_chief, worker=runner.worker)
+    if manager.latest:
+        written_by = checkpoints.metadata(manager.latest).get("method")
+        if run_info and written_by and written_by != run_info.get("method"):
+            raise SSLTFError(f"--model_dir={cfg.model_dir}: {manager.latest} was written by --method={written_by}, "
+                             f"not --method={run_info['method']}; pass --method={written_by} to resume it, or "
+                             "another --model_dir")
+        try:
+            manager.restore(manager.latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise SSLTFError(f"--model_dir={cfg.model_dir}: checkpoint {manager.latest} does not match this "
+                             f"--method/--backbone/--width ({str(e).splitlines()[0][:160]}); use another "
+                             "--model_dir or the flags of that run") from None
+        runner.log(f"[{tag}] resumed from {manager.latest} at step {int(step)}")
+    start = int(step)
+
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: model.input_stream(examples, augment, global_batch=global_batch, seed=cfg.seed,
+                                       start_step=start, input_context=ctx))
+    replica_step = tf.function(model.train_step, jit_compile=runner.use_jit())
+
+    @tf.function
+    def distributed_step(batch):
+        logs = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+    writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag)) if runner.is_chief
+              else tf.summary.create_noop_writer())
+    with writer.as_default(step=start):
+        for name, images in view_images(sample).items():
+            tf.summary.image(f"views/{name}", images, max_outputs=8)
+    # The loss history up to the restored step travels with its checkpoint (results.json is
+    # only written when a phase ends, so a killed run's history is in the checkpoint).
+    history = checkpoints.metadata(manager.latest).get("history", []) if start else []
+    bar = keras.utils.Progbar(stop, stateful_metrics=None) if cfg.progress and start < stop else None
+    sums, count, logs, collapse_warnings = {}, 0, {}, []
+    timed_steps, timed_seconds = 0, 0.0
+    iterator = iter(dataset)
+    preempted = _PreemptionNotice(enabled=runner.worker_count == 1)
+    try:
+        for s in range(start, stop):
+            t0 = time.perf_counter()
+            logs = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+            if s > start:  # the first step traces the graph
+                timed_seconds += time.perf_counter() - t0
+                timed_steps += 1
+            if not all(math.isfinite(v) for v in logs.values()):
+                bad = next(k for k, v in logs.items() if not math.isfinite(v))
+                raise SSLTFError(f"[{tag}] {bad} is {logs[bad]} at step {s + 1}; stopped without saving; last good "
+                                 f"checkpoint: {manager.latest or 'none'} (try a lower --learning_rate)")
+            step.assign(s + 1)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if (s + 1) % cfg.log_every == 0 or s + 1 == stop:
+                lr = model.optimizer.learning_rate
+                history.append({"step": s + 1, **logs})
+                with writer.as_default(step=s + 1):
+                    for k, v in logs.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
+            if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == stop or preempted.received:
+                saved = manager.save(s + 1, {"history": history, **(run_info or {})})
+                if preempted.received:
+                    preempted.restore()
+                    raise SSLTFError(f"[{tag}] stopped by {preempted.received} at step {s + 1}; checkpoint saved: "
+                                     f"{saved}; run the same command again to resume")
+            if (s + 1) % per_epoch == 0 or s + 1 == stop:
+                means = {k: v / count for k, v in sums.items()}
+                with writer.as_default(step=s + 1):
+                    for k, v in means.items():
+                        tf.summary.scalar(f"epoch/{k}", v)
+                warning = collapse_warning(means)
+                if warning:
+                    runner.log(f"[{tag}] epoch {(s + 1) / per_epoch:.2f}: {warning}")
+                    collapse_warnings.append(warning)
+                sums, count = {}, 0
+            if bar is not None:
+                bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
+    finally:
+        preempted.restore()
+    writer.flush()
+    summary = {"steps": int(step), "total_steps": total, "steps_per_epoch": per_epoch,
+               "epochs": round(int(step) / per_epoch, 3), "global_batch": global_batch,
+               "replicas": replicas, "final": logs,
+               "train_images_per_sec": (round(timed_steps * global_batch / timed_seconds, 1) if timed_steps
+                                        else None),
+               "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
+               "machine": backend.describe(runner.machine),
+               "weights_sha256": weights_fingerprint(model)}
+    if runner.worker_count > 1:
+        runner.log(f"[{tag}] worker {runner.worker}/{runner.worker_count} at step {int(step)}: "
+                   f"weights sha256 {summary['weights_sha256']}")
+    if collapse_warnings:
+        summary["collapse_warnings"] = collapse_warnings
+    if not timed_steps:   # already complete (a re-run after a kill during evaluation): keep the timings
+        previous = runner.results.get(tag, {})
+        for key in ("train_images_per_sec", "seconds", "collapse_warnings", "machine"):
+            if key in previous:
+                summary[key] = previous[key]
+    return model, summary
+
+
+class _PreemptionNotice:
+    """SIGTERM (a scheduler's preemption notice) during training: finish the step, save, stop.
+
+    One process only: under multi-worker training the workers could see the signal at different
+    steps and deadlock in the save, so there the interval checkpoints are the recovery point.
+    """
+
+    def __init__(self, enabled: bool):
+        import signal
+        import threading
+        self.received, self._previous = None, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = "SIGTERM"
+
+    def restore(self):
+        import signal
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of every variable of ``model`` (bitwise; equal on workers trained in lockstep)."""
+    digest = hashlib.sha256()
+    for v in sorted(model.weights, key=lambda v: v.path):
+        digest.update(v.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v.value)).tobytes())
+    return digest.hexdigest()
+
+
+def collapse_warning(epoch_means: dict) -> str | None:
+    """The collapse monitor's verdict on an epoch's mean logs, or None when healthy."""
+    std = epoch_means.get("embedding_std")
+    if std is None or std >= COLLAPSE_STD:
+        return None
+    rank = epoch_means.get("effective_rank")
+    return (f"WARNING: embeddings are collapsing (embedding_std {std:.3f} < {COLLAPSE_STD}, effective rank "
+            f"{rank:.2f}); try a lower --learning_rate, a larger --batch_size or the paper's defaults")
+
+
+def _flatten_with_paths(nest, prefix: str = ""):
+    """(``a/b/0``-style path, leaf) of a nest of dicts, lists and tuples."""
+    if isinstance(nest, dict):
+        for key in sorted(nest):
+            yield from _flatten_with_paths(nest[key], f"{prefix}{key}/")
+    elif isinstance(nest, (list, tuple)):
+        for i, x in enumerate(nest):
+            yield from _flatten_with_paths(x, f"{prefix}{i}/")
+    else:
+        yield prefix.rstrip("/"), nest
+
+
+def view_images(batch, limit: int = 8) -> dict:
+    """{name: [≤ limit, H, W, 3]} images of a training batch's views, for TensorBoard."""
+    out = {}
+    for path, x in _flatten_with_paths(batch):
+        if "views" not in path or x.dtype != tf.float32 or x.shape.rank not in (4, 5) or x.shape[-1] != 3:
+            continue
+        x = x[:limit]
+        if x.shape.rank == 5:       # [b, K, S, S, 3]: the first image's K views
+            x = x[0]
+        out[path.replace("/", "_")] = tf.clip_by_value(x, 0.0, 1.0)
+    return out
