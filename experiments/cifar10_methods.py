@@ -1,21 +1,18 @@
-"""Every method on the CIFAR-10 training file under one budget: linear probe, kNN, images/s, peak
-memory, and the layer-wise table of the revisiting paper.
+"""Every method on the CIFAR-10 training file under one time budget: linear probe, kNN, the random-init
+backbone, epochs, images/s, peak memory, the collapse monitor at the end and the machine.
 
-    python experiments/cifar10_methods.py --epochs 1                     # every method, 1 epoch each
-    python experiments/cifar10_methods.py --epochs 1 --methods moco,byol,dino
-    python experiments/cifar10_methods.py --epochs 1 --layerwise resnet18,vgg19 --methods rotation
+    python experiments/cifar10_methods.py                                   # every method, 20 minutes each
+    python experiments/cifar10_methods.py --methods simclr,byol,dino@vit_tiny
+    python experiments/cifar10_methods.py --minutes 40 --methods byol        # where 20 minutes are not enough
 
-Budget: the same number of epochs over the same 45,000 training images for every method,
-each with its own views (SimCLR and the two-view methods 2, DINO 2 global + --local_crops
-local, NPID 1, rotation 4, patch tasks 9 patches of 16 px, exemplar --exemplar_copies,
-colorization 1), its paper's optimiser and a cosine schedule with 10% warmup; heads are
-shrunk for the ×0.25 backbone as listed in CIFAR_HEADS (the papers' ImageNet sizes — 4096 to
-8192 wide — would cost more than the backbone). Wall time per method is reported next to the
-accuracies. Evaluation: a stratified,
-seeded 10% of the training file (or --eval_npz). Layer-wise runs train rotation on each
-listed backbone (resnet18 reuses the rotation run above) and probe every layer, with
---layerwise_label_fraction of the training labels
-(9000-feature layers of 45k images would not fit in memory). Results: <out>/cifar10_methods.json.
+Each method trains with its budget recipe, flags/<method>/cifar10_20min.flags (the reasons for each
+departure from the paper are its comments), for --minutes of the training loop: ``--train_minutes``
+sizes the cosine schedule to the steps that fit, measured while training. ``METHOD@BACKBONE`` trains
+the same recipe on another backbone (DINO on vit_tiny). Evaluation: a stratified, seeded 10% of the
+training file (5,000 images; 45,000 train) or --eval_npz. A method already in <out>/cifar10_methods.json
+with the same budget is skipped, so a killed or partial table resumes where it stopped (a method killed
+mid-run resumes from its checkpoint). Writes <out>/cifar10_methods.json, <out>/cifar10_methods.md and
+<out>/cifar10_methods.png (linear and kNN per method against the random-init backbone).
 """
 from __future__ import annotations
 
@@ -29,99 +26,109 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
 
 backend.import_tensorflow()
-from ssl_tf.config import Config  # noqa: E402
+from absl import flags  # noqa: E402
+
+from ssl_tf import cli  # noqa: E402
 from ssl_tf.runner import Runner  # noqa: E402
 
-SIMCLR = dict(optimizer="lars", learning_rate=1.0, temperature=0.5, weight_decay=1e-4, proj_layers=3)
-# Heads for a ×0.25 ResNet-18 (128 features) at 32 px; queue and bank sized to CIFAR's 45k images.
-CIFAR_HEADS = {
-    "moco": dict(queue_size=4096),
-    "moco_v3": dict(proj_hidden=1024, proj_dim=256, pred_hidden=1024),
-    "byol": dict(proj_hidden=1024, proj_dim=256, pred_hidden=1024),
-    "simsiam": dict(proj_hidden=512, proj_dim=512, pred_hidden=128),
-    "dino": dict(dino_out_dim=4096),
-    "barlow_twins": dict(proj_hidden=1024, proj_dim=1024),
-    "vicreg": dict(proj_hidden=1024, proj_dim=1024),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_METHODS = ("simclr,moco,moco_v3,byol,simsiam,dino,dino@vit_tiny,npid,barlow_twins,vicreg,rotation,"
+                   "relative_patch_location,jigsaw,exemplar,colorization")
 
 
-def run(name, out_dir, base, extra, modes="pretrain,linear_eval,knn"):
-    model_dir = os.path.join(out_dir, name)
-    start = time.perf_counter()
-    runner = Runner(Config(mode=modes, model_dir=model_dir, **{**base, **extra}), log=lambda *a: print(*a, flush=True))
-    res = runner.run()
-    res["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
-    return res
+def config_for(spec: str, args, model_dir: str):
+    """The Config of ``METHOD[@BACKBONE]`` from its budget flagfile and this benchmark's data."""
+    method, _, backbone = spec.partition("@")
+    argv = ["ssl-tf", f"--flagfile={os.path.join(ROOT, 'flags', method, 'cifar10_20min.flags')}",
+            f"--dataset=npz:{args.npz}", f"--train_minutes={args.minutes}", f"--model_dir={model_dir}",
+            f"--seed={args.seed}", "--progress=false", "--plots=false"]
+    argv += [f"--eval_dataset=npz:{args.eval_npz}"] if args.eval_npz else []
+    argv += [f"--backbone={backbone}"] if backbone else []
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(argv)
+    return cli.config_from_flags(fv)
+
+
+def row_of(res: dict, minutes: float) -> dict:
+    pre = res["pretrain"]
+    final = pre.get("final", {})
+    return {"budget_minutes": minutes, "linear_top1": res["linear_eval"]["top1"], "knn_top1": res["knn"]["top1"],
+            "linear_random_init": res["linear_eval"].get("random_init_top1"),
+            "knn_random_init": res["knn"].get("random_init_top1"),
+            "epochs": pre["epochs"], "steps": pre["steps"], "batch": pre["global_batch"],
+            "train_images_per_sec": pre["train_images_per_sec"], "loop_minutes": round(pre["loop_seconds"] / 60, 2),
+            "peak_rss_mb": pre["peak_rss_mb"], "embedding_std": final.get("embedding_std"),
+            "effective_rank": final.get("effective_rank"), "collapse_warnings": len(pre.get("collapse_warnings", [])),
+            "machine": pre.get("machine"), "recipe": res["config"]["method"] + "/cifar10_20min.flags"
+            + ("" if res["config"]["backbone"] == "resnet18" else f" --backbone={res['config']['backbone']}")}
+
+
+def markdown(summary: dict) -> str:
+    head = ("| method | linear | kNN | random linear | random kNN | epochs | images/s | loop min | peak RSS MB "
+            "| embedding std / eff. rank | recipe |")
+    lines = [head, "|" + "---|" * 11]
+    for name, r in summary["methods"].items():
+        rank = "" if r["embedding_std"] is None else f"{r['embedding_std']:.3f} / {r['effective_rank']:.1f}"
+        lines.append(f"| {name} | {r['linear_top1']:.2f} | {r['knn_top1']:.2f} | {r['linear_random_init']:.2f} | "
+                     f"{r['knn_random_init']:.2f} | {r['epochs']:.2f} | {r['train_images_per_sec']} | "
+                     f"{r['loop_minutes']} | {r['peak_rss_mb']:.0f} | {rank} | `{r['recipe']}` |")
+    machines = sorted({r["machine"] for r in summary["methods"].values() if r.get("machine")})
+    return "\n".join(lines) + "\n\nMachine: " + "; ".join(machines) + "\n"
+
+
+def bar_plot(summary: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    names = list(summary["methods"])
+    rows = [summary["methods"][n] for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
+    ax.bar(x - 0.2, [r["linear_top1"] for r in rows], 0.4, label="linear")
+    ax.bar(x + 0.2, [r["knn_top1"] for r in rows], 0.4, label="kNN")
+    ax.scatter(x - 0.2, [r["linear_random_init"] for r in rows], marker="_", s=300, c="k", label="random init")
+    ax.scatter(x + 0.2, [r["knn_random_init"] for r in rows], marker="_", s=300, c="k")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("top-1 %")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--npz", default=os.path.join(here, "..", "..", "shared", "data", "cifar10", "train.npz"))
+    p.add_argument("--npz", default=os.path.join(ROOT, "..", "shared", "data", "cifar10", "train.npz"))
     p.add_argument("--eval_npz", default=None)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--methods", default="simclr,moco,moco_v3,byol,simsiam,dino,npid,barlow_twins,vicreg,rotation,"
-                                        "relative_patch_location,jigsaw,colorization,exemplar")
-    p.add_argument("--local_crops", type=int, default=6, help="DINO's local crops per image")
-    p.add_argument("--layerwise", default="", help="backbones for the layer-wise rotation runs, e.g. resnet18,vgg19")
-    p.add_argument("--layerwise_label_fraction", type=float, default=0.1)
-    p.add_argument("--label_fraction", type=float, default=1.0,
-                   help="labels the probes (and s4l_rotation / s4l_exemplar) may use, e.g. 0.1")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--exemplar_copies", type=int, default=4)
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--out", default="runs/cifar10_methods")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "cifar10_methods.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"methods": {}, "layerwise": {}}
-    base = dict(dataset=f"npz:{args.npz}", eval_dataset=f"npz:{args.eval_npz}" if args.eval_npz else None,
-                width=args.width, epochs=args.epochs, warmup_epochs=0.1 * args.epochs, seed=args.seed,
-                progress=False, eval_epochs=50, label_fraction=args.label_fraction)
-    for i, method in enumerate(m for m in args.methods.split(",") if m):
-        extra = dict(method=method, batch_size=args.batch_size, random_baseline=(i == 0 or method == "colorization"))
-        if method == "simclr":
-            extra.update(SIMCLR)
-        extra.update(CIFAR_HEADS.get(method, {}))
-        if method == "dino":
-            extra.update(num_local_crops=args.local_crops)
-        if method == "exemplar":
-            extra.update(num_exemplar_copies=args.exemplar_copies,
-                         batch_size=args.batch_size // args.exemplar_copies * 2)
-        res = run(method, args.out, base, extra)
-        row = {"linear_top1": res["linear_eval"]["top1"], "knn_top1": res["knn"]["top1"],
-               "train_images_per_sec": res["pretrain"]["train_images_per_sec"], "steps": res["pretrain"]["steps"],
-               "batch": res["pretrain"]["global_batch"], "train_seconds": res["pretrain"]["seconds"],
-               "wall_minutes": res["wall_minutes"], "peak_rss_mb": res["pretrain"]["peak_rss_mb"],
-               "machine": res["pretrain"].get("machine")}
-        for key in ("linear_eval", "knn"):
-            if "random_init_top1" in res[key]:
-                row[f"{key}_random_init"] = res[key]["random_init_top1"]
-        summary["methods"][method] = row
-        json.dump(summary, open(summary_path, "w"), indent=2)
-        print(f"== {method}: {json.dumps(row)}", flush=True)
-    for backbone in (b for b in args.layerwise.split(",") if b):
-        extra = dict(method="rotation", backbone=backbone, batch_size=args.batch_size, random_baseline=False,
-                     label_fraction=args.layerwise_label_fraction)
-        if backbone == "resnet18" and os.path.isdir(os.path.join(args.out, "rotation", "pretrain")):
-            # the rotation run above already trained this backbone: probe its layers
-            res = run("rotation", args.out, base, extra, modes="layerwise_eval")
-        else:
-            res = run(f"layerwise_rotation_{backbone}", args.out, base, extra, modes="pretrain,layerwise_eval")
-        summary["layerwise"][backbone] = {"layers": res["layerwise_eval"]["layers"],
-                                          "plot": res["layerwise_eval"]["plot"],
-                                          "wall_minutes": res["wall_minutes"]}
-        json.dump(summary, open(summary_path, "w"), indent=2)
-        print(f"== layerwise {backbone}: "
-              + ", ".join(f"{r['layer']} {r['top1']}" for r in res["layerwise_eval"]["layers"]),
-              flush=True)
-    if len(summary["layerwise"]) > 1:
-        from ssl_tf.eval import plot_layerwise
-        (first, rows), *rest = summary["layerwise"].items()
-        plot_layerwise(rows["layers"], os.path.join(args.out, "layerwise.png"), title=first,
-                       others={b: r["layers"] for b, r in rest})
-    print(json.dumps(summary, indent=2))
+    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"methods": {}}
+    for spec in (m for m in args.methods.split(",") if m):
+        name = spec.replace("@", "_") + ("" if args.minutes == 20 else f"_{args.minutes:g}min")
+        if summary["methods"].get(name, {}).get("budget_minutes") == args.minutes:
+            print(f"== {name}: done, skipped", flush=True)
+            continue
+        start = time.perf_counter()
+        cfg = config_for(spec, args, os.path.join(args.out, name))
+        res = Runner(cfg, log=lambda *a: print(*a, flush=True)).run()
+        summary["methods"][name] = dict(row_of(res, args.minutes),
+                                        wall_minutes=round((time.perf_counter() - start) / 60, 2))
+        with open(summary_path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(summary_path + ".tmp", summary_path)
+        with open(os.path.join(args.out, "cifar10_methods.md"), "w") as f:
+            f.write(markdown(summary))
+        bar_plot(summary, os.path.join(args.out, "cifar10_methods.png"))
+        print(f"== {name}: {json.dumps(summary['methods'][name])}", flush=True)
+    print(markdown(summary))
 
 
 if __name__ == "__main__":

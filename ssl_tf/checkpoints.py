@@ -62,9 +62,10 @@ def metadata(path: str) -> dict:
     """The JSON metadata saved with the checkpoint ``path`` (a prefix), or {}."""
     try:
         with open(os.path.join(os.path.dirname(path), METADATA)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            data = json.load(f)
+    except (OSError, ValueError):   # missing or damaged: the checkpoint itself is what matters
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def path_of(directory: str, step: int) -> str:
@@ -86,6 +87,26 @@ def resolve(path: str) -> str | None:
             return os.path.join(path, PREFIX)
         return latest(path)
     return path if os.path.exists(path + ".index") else None
+
+
+def describe_write_error(e: Exception, path: str | None = None) -> str:
+    """A write failure in a few words: a full disk (with the free space left) told apart from the rest."""
+    text = str(e)
+    if "No space left" in text or getattr(e, "errno", None) == 28:
+        where = path or _path_in(text) or "."
+        try:
+            free = shutil.disk_usage(where if os.path.isdir(where) else os.path.dirname(where) or ".").free
+            return f"the disk is full ({free / 2 ** 20:.1f} MB free at {where}); free space or use another --model_dir"
+        except OSError:
+            return "the disk is full; free space or use another --model_dir"
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'no message'}"
+
+
+def _path_in(text: str) -> str | None:
+    for word in text.replace(",", " ").split():
+        if word.startswith("/"):
+            return os.path.dirname(word.rstrip(":;'\""))
+    return None
 
 
 class AtomicCheckpoints:
@@ -110,10 +131,15 @@ class AtomicCheckpoints:
         """Write the checkpoint of ``step`` (with ``metadata`` as JSON beside it) atomically."""
         tmp = os.path.join(self.directory, f".tmp-ckpt-{step}-worker{self.worker}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        written = self.checkpoint.write(os.path.join(tmp, PREFIX))
-        if metadata is not None and self.is_chief:
-            with open(os.path.join(tmp, METADATA), "w") as f:
-                json.dump(metadata, f)
+        try:
+            written = self.checkpoint.write(os.path.join(tmp, PREFIX))
+            if metadata is not None and self.is_chief:
+                with open(os.path.join(tmp, METADATA), "w") as f:
+                    json.dump(metadata, f)
+        except (OSError, tf.errors.OpError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)   # a failed save leaves nothing behind (a full disk stays usable)
+            raise SSLTFError(f"checkpoint of step {step} in {self.directory} not written: {describe_write_error(e)}; "
+                             f"the previous checkpoint is intact: {self.latest or 'none'}") from None
         if not self.is_chief:
             shutil.rmtree(tmp, ignore_errors=True)
             return written

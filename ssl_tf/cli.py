@@ -117,12 +117,26 @@ def _main_with_errors(argv):
         print(f"ssl-tf: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 — TensorFlow runtime failures the user can act on
-        kind = type(e).__name__
+        kind, text = type(e).__name__, str(e)
+        if "No space left on device" in text or getattr(e, "errno", None) == 28:
+            from ssl_tf.checkpoints import describe_write_error
+            print(f"ssl-tf: error: {describe_write_error(e)}", file=sys.stderr)
+            sys.exit(2)
         if kind == "ResourceExhaustedError":
-            print(f"ssl-tf: error: out of memory ({str(e).splitlines()[0][:160]}); lower --batch_size, "
+            print(f"ssl-tf: error: out of memory ({text.splitlines()[0][:300]}); lower --batch_size, "
                   "--width or --image_size", file=sys.stderr)
             sys.exit(2)
         raise   # a bug of ours: the traceback is what a report needs
+
+
+def parse_or_exit(argv: list[str], flag_values=FLAGS) -> list[str]:
+    """Parse ``argv`` into ``flag_values``; a mistake (unknown flag or --method, a value that does not
+    parse) ends as one line ``ssl-tf: error: …`` with absl's "did you mean" hint, and exit status 2."""
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        print("ssl-tf: error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.exit(2)
 
 
 def run():
@@ -130,6 +144,8 @@ def run():
     from ssl_tf import backend
     backend.import_tensorflow()   # before the methods' modules (their flags) load it unfiltered
     define_flags()
+    app.define_help_flags()       # --help, --helpfull: absl's, printed while parsing
+    parse_or_exit(sys.argv)       # absl would print a multi-line FATAL block and exit 1
     app.run(_main_with_errors)
 
 

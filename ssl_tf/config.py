@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 from typing import Any, Optional
 
@@ -82,6 +83,10 @@ class Config:
                                             "demo 64).")
     epochs: Optional[int] = _f(None, "Pretraining epochs (default 100 as SimCLR's short schedule; shapes demo 5).")
     max_steps: Optional[int] = _f(None, "Stop pretraining after this many steps (the schedule still spans --epochs).")
+    train_minutes: Optional[float] = _f(None, "Pretraining time budget: the schedules (cosine lr, target momentum, "
+                                              "ramp-ups) are sized, while training, to the steps that fit in this "
+                                              "many minutes of the training loop; --epochs is then the first "
+                                              "estimate only.")
     optimizer: Optional[str] = _f(None, "Optimizer (default lars for simclr as SimCLR; sgd for pretext tasks "
                                         "as the revisiting code).",
                                   choices=("lars", "sgd", "adam", "adamw"))
@@ -265,6 +270,10 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
         name = c.dataset.split(":")[0] if not c.dataset.startswith("tfds:") else c.dataset.split(":")[1]
         c.model_dir = os.path.join("runs", f"{c.method}-{os.path.basename(name.rstrip('/'))}-{stamp}")
 
+    for name, value in [(f.name, getattr(c, f.name)) for f in dataclasses.fields(c) if f.metadata.get("flag", True)] \
+            + list(dataclasses.asdict(params).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SSLTFError(f"--{name}={value}: must be a finite number")
     for f in dataclasses.fields(c):
         choices = f.metadata.get("choices")
         if choices and getattr(c, f.name) not in choices:
@@ -276,6 +285,8 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.batch_size >= 2, "batch_size", c.batch_size, "must be >= 2 (contrastive losses need pairs)")
     _check(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
     _check(c.max_steps is None or c.max_steps >= 1, "max_steps", c.max_steps, "must be >= 1")
+    _check(c.train_minutes is None or 0 < c.train_minutes < float("inf"), "train_minutes", c.train_minutes,
+           "must be a finite number of minutes > 0")
     _check(c.learning_rate > 0, "learning_rate", c.learning_rate, "must be > 0")
     _check(c.warmup_epochs >= 0, "warmup_epochs", c.warmup_epochs, "must be >= 0")
     _check(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
@@ -284,6 +295,10 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(0 < c.val_fraction < 1, "val_fraction", c.val_fraction, "must be in (0, 1)")
     _check(0 < c.label_fraction <= 1, "label_fraction", c.label_fraction, "must be in (0, 1]")
     _check(c.knn_k >= 1, "knn_k", c.knn_k, "must be >= 1")
+    _check(c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size, "must be >= 1")
+    _check(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
+    _check(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1)")
+    _check(c.ft_learning_rate > 0, "ft_learning_rate", c.ft_learning_rate, "must be > 0")
     _check(c.knn_temperature > 0, "knn_temperature", c.knn_temperature, "must be > 0")
     _check(c.eval_epochs >= 1, "eval_epochs", c.eval_epochs, "must be >= 1")
     _check(c.ft_epochs >= 1, "ft_epochs", c.ft_epochs, "must be >= 1")

@@ -49,3 +49,30 @@ def test_simclr_shapes_flagfile_is_the_no_flag_demo():
     from_file = config.resolve(cli.config_from_flags(fv), 32)
     assert from_file == config.resolve(config.Config(model_dir="x"), 32)
     assert (from_file.image_size, from_file.batch_size, from_file.epochs) == (24, 64, 5)
+
+
+BUDGET_FILES = sorted(p for p in os.listdir(os.path.join(ROOT, "flags")) if os.path.isfile(
+    os.path.join(ROOT, "flags", p, "cifar10_20min.flags")))
+
+
+@pytest.mark.parametrize("method", BUDGET_FILES)
+def test_each_budget_flagfile_parses_names_its_budget_and_trains_two_steps(method, tmp_path):
+    """flags/<method>/cifar10_20min.flags: the recipe of the 20-minute table, its reasons in comments."""
+    path = os.path.join(ROOT, "flags", method, "cifar10_20min.flags")
+    text = open(path, encoding="utf-8").read()
+    assert text.startswith("#") and "--train_minutes=20" in text and f"--method={method}" in text
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["ssl-tf", f"--flagfile={path}", "--dataset=shapes:32,8", "--image_size=16", "--width=0.0625",
+        "--batch_size=8", "--max_steps=2", "--mode=pretrain", "--progress=false", "--plots=false",
+        f"--model_dir={tmp_path}"])
+    cfg = cli.config_from_flags(fv)
+    assert cfg.method == method and cfg.train_minutes == 20
+    from ssl_tf.runner import Runner
+    summary = Runner(cfg, log=lambda *a: None).run()["pretrain"]
+    assert summary["steps"] == 2 and all(v == v for v in summary["final"].values())   # finite, not NaN
+
+
+def test_the_joint_embedding_methods_and_pretext_tasks_have_budget_flagfiles():
+    from ssl_tf.methods import names
+    assert set(names("joint")) | set(names("pretext")) - {"s4l_rotation", "s4l_exemplar"} <= set(BUDGET_FILES)

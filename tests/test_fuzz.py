@@ -218,3 +218,134 @@ def test_random_whole_runs_succeed_or_fail_cleanly(tmp_path):
             pytest.fail(f"uncaught {e.__class__.__name__} for {c}: {str(e)[:500]}")
     print("run fuzz:", outcomes["ok"], "ok;", len(outcomes["SSLTFError"]), "clean errors:", outcomes["SSLTFError"])
     assert outcomes["ok"] >= 1
+
+
+# ----------------------------------------------------------------------------- hostile classes
+
+def test_every_float_flag_refuses_non_finite_values():
+    """Each float flag, shared or a method's (with a method that declares it), at ±inf and NaN."""
+    from ssl_tf.methods import settings
+    fv = _flag_values()
+    declared = settings.param_fields()
+    floats = [n for n in sorted(fv) if fv[n].flag_type() == "float"]
+    assert "learning_rate" in floats and "target_momentum" in floats and "teacher_temperature" in floats
+    for name in floats:
+        method = declared[name][0][0] if name in declared else "simclr"
+        for value in ("inf", "-inf", "nan"):
+            fv = _flag_values()
+            fv(["ssl-tf", f"--method={method}", "--dataset=npz:x.npz", f"--{name}={value}"])
+            with pytest.raises(SSLTFError, match=f"^--{name}="):
+                config_lib.resolve(cli.config_from_flags(fv), 32)
+
+
+def test_random_label_sets_correspond_or_are_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    outcomes = {"ok": 0, "SSLTFError": 0}
+    for case in range(40):
+        specs = []
+        for part in ("train", "eval"):
+            if rng.random() < 0.5:
+                root = tmp_path / f"{case}{part}"
+                names = list(rng.choice(list("abcdef"), size=int(rng.integers(2, 5)), replace=False))
+                for name in names:
+                    os.makedirs(root / name)
+                    for i in range(3):
+                        Image.new("RGB", (8, 8), tuple(int(v) for v in rng.integers(0, 256, 3))).save(
+                            root / name / f"{i}.png")
+                specs.append(f"folder:{root}")
+            else:
+                path = tmp_path / f"{case}{part}.npz"
+                k = int(rng.integers(2, 12))
+                np.savez(path, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+                         labels=rng.integers(0, k, 12))
+                specs.append(f"npz:{path}")
+        try:
+            splits = sources.load_dataset(specs[0], eval_spec=specs[1], log=lambda *a: None)
+        except SSLTFError as e:
+            assert "\n" not in str(e) and str(e).startswith("--eval_dataset="), str(e)
+            outcomes["SSLTFError"] += 1
+            continue
+        assert splits.eval.labels.max() < splits.train.num_classes       # every eval label is a training class
+        if splits.train.class_names and splits.eval.class_names:
+            assert splits.eval.class_names == splits.train.class_names
+        outcomes["ok"] += 1
+    assert outcomes["ok"] >= 5 and outcomes["SSLTFError"] >= 5, outcomes
+
+
+RUN_FILES = ("results.json", "pretrain/ckpt-2/ckpt.index", "pretrain/ckpt-2/metadata.json", ".lock", "data")
+
+
+@pytest.mark.slow
+def test_damaged_files_of_a_run_directory_resume_or_fail_cleanly(tmp_path):
+    """Every kind of file a run directory holds, truncated, emptied or replaced by noise; then the run is
+    resumed (pretrain to step 4, kNN): a clean success or one line."""
+    import shutil
+
+    from ssl_tf.runner import Runner
+    base = dict(dataset="shapes:32,8", image_size=16, width=0.0625, batch_size=8, epochs=1, progress=False,
+                plots=False, random_baseline=False, checkpoint_every=1, log_every=1)
+    good = tmp_path / "good"
+    Runner(config_lib.Config(mode="pretrain", max_steps=2, model_dir=str(good), **base), log=lambda *a: None).run()
+    rng = np.random.default_rng(4)
+    outcomes = {"ok": 0, "SSLTFError": []}
+    for case, name in enumerate(RUN_FILES * 2):
+        run = tmp_path / f"case{case}"
+        shutil.copytree(good, run)
+        if name == "data":
+            ckpt = run / "pretrain" / "ckpt-2"
+            name = str(next(p for p in ckpt.iterdir() if ".data-" in p.name).relative_to(run))
+        path = run / name
+        data = path.read_bytes() if path.exists() else b"host 1"
+        path.write_bytes(_corrupt(rng, data, ["truncate", "zero", "random", "text"][case % 4]))
+        try:
+            Runner(config_lib.Config(mode="pretrain,knn", max_steps=4, model_dir=str(run), **base),
+                   log=lambda *a: None).run()
+            outcomes["ok"] += 1
+        except SSLTFError as e:
+            assert "\n" not in str(e), (name, str(e))
+            outcomes["SSLTFError"].append(f"{name}: {str(e)[:80]}")
+    print("run-directory fuzz:", outcomes)
+    assert outcomes["ok"] >= 1 and outcomes["SSLTFError"], outcomes
+
+
+def test_hostile_images_through_every_decode_path(tmp_path):
+    """Corrupt and oversized images through folder:, FeatureExtractor.from_bytes and the serve_bytes
+    signature: decoded and right, or refused in one line (the signature: TensorFlow's own error)."""
+    import struct
+    import zlib
+
+    import tensorflow as tf
+
+    from ssl_tf.export import export_encoder, load_feature_extractor
+    from ssl_tf.models import build_backbone
+
+    def png_header(w, h):
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
+            chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    fx = load_feature_extractor(export_encoder(build_backbone("resnet18", width=0.0625, image_size=16),
+                                               str(tmp_path / "e"), 16))
+    rng = np.random.default_rng(5)
+    cases = [png_header(12000, 12000), png_header(9500, 9500), png_header(60000, 2)]
+    cases += [_corrupt(rng, _image_bytes(rng, fmt), how) for fmt in ("PNG", "JPEG", "GIF", "BMP")
+              for how in ("none", "truncate", "flip_bytes", "random")]
+    for i, data in enumerate(cases):
+        path = tmp_path / "f" / "a" / f"{i}.img.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        outcomes = []
+        for decode in (lambda: sources._read_image(str(path), "--dataset"), lambda: fx.from_bytes([data])):
+            try:
+                out = decode()
+                assert np.isfinite(np.asarray(out, np.float64)).all()
+                outcomes.append("ok")
+            except SSLTFError as e:
+                assert "\n" not in str(e)
+                outcomes.append("refused")
+        try:
+            fx.model.signatures["serve_bytes"](encoded=tf.constant([data]))
+        except tf.errors.InvalidArgumentError:
+            pass
+        if i < 3:   # declared over the limit: refused on every path, before any decode
+            assert outcomes == ["refused", "refused"], (i, outcomes)

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# One decoded-size limit for every decode path (folder:, FeatureExtractor.from_bytes, the exported
+# serve_bytes signature): PIL's own decompression-bomb threshold, about 9459 × 9459 pixels.
+MAX_IMAGE_PIXELS = 89_478_485
 SOURCE_KINDS = ("shapes", "npz:PATH", "folder:PATH", "tfds:NAME[:SPLIT]")
 
 
@@ -40,6 +43,7 @@ class Examples:
     stream: Callable[[], "tf.data.Dataset"] | None = None  # streamed: (image, label) in source order
     keep: np.ndarray | None = None                   # streamed subset: sorted source indices
     skipped: int = 0                                 # bad files skipped by --skip_bad_images
+    class_names: tuple[str, ...] | None = None       # label k's name, where the source has names
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,8 +131,46 @@ def load_dataset(spec: str, *, eval_spec: str | None = None, data_dir: str | Non
             raise SSLTFError(f"--dataset={spec}: {len(train)} labelled images, too few to carve a validation split "
                              f"of --val_fraction={val_fraction} (no class has 2 images); pass --eval_dataset")
         train, held = train.subset(tr, train.name + "[train]"), train.subset(va, train.name + "[val]")
+        held = dataclasses.replace(held, skipped=0)   # the bad files were counted once, with train
+    if eval_spec and train.num_classes:
+        held = match_classes(train, held, spec, eval_spec)
     num_classes = max(train.num_classes, held.num_classes if held is not None else 0)
     return DatasetSplits(train=train, eval=held, num_classes=num_classes)
+
+
+def match_classes(train: Examples, held: Examples, spec: str, eval_spec: str) -> Examples:
+    """``held`` with its labels in ``train``'s numbering: by class name where both sources name
+    their classes (folders, tfds), else by index, refusing labels that have no training class."""
+    where = f"--eval_dataset={eval_spec}"
+    if train.class_names and held.class_names:
+        index = {name: k for k, name in enumerate(train.class_names)}
+        used = sorted({held.class_names[k] for k in np.unique(held.labels[held.labels >= 0])})
+        unknown = [n for n in used if n not in index]
+        if unknown:
+            raise SSLTFError(f"{where}: classes {', '.join(unknown[:5])} are not classes of --dataset={spec} "
+                             f"({', '.join(train.class_names[:8])}{', …' if len(train.class_names) > 8 else ''}); "
+                             "evaluation classes are matched to training classes by name")
+        mapping = np.array([index.get(n, -1) for n in held.class_names], np.int64)
+        labels = np.where(held.labels >= 0, mapping[np.maximum(held.labels, 0)], -1)
+        return dataclasses.replace(held, labels=labels, num_classes=train.num_classes,
+                                   class_names=train.class_names)
+    if held.num_classes > train.num_classes:
+        raise SSLTFError(f"{where}: has labels up to {held.num_classes - 1}, but --dataset={spec} has "
+                         f"{train.num_classes} classes (0..{train.num_classes - 1}); the two label sets must "
+                         "correspond")
+    return held
+
+
+def _check_label_range(labels: np.ndarray, where: str) -> None:
+    """Labels are class indices 0..K−1: a few gaps are fine, a label far past the number of distinct
+    classes is a mistake (it would size every classifier to it)."""
+    if not len(labels) or labels.max() < 0:
+        return
+    distinct = len(np.unique(labels[labels >= 0]))
+    if labels.max() + 1 > max(1000, 10 * distinct):
+        raise SSLTFError(f"{where}: 'labels' has the value {labels.max()} but only {distinct} distinct classes; "
+                         "expected class indices 0..K-1 (renumber them, e.g. with np.unique(labels, "
+                         "return_inverse=True))")
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -167,6 +209,10 @@ def _load_npz(path: str, flag: str) -> Examples:
                                  "and 'labels' (N integers)")
             images = data["images"]
             labels = data["labels"] if "labels" in keys else None
+            for key, value in (("images", images), ("labels", labels)):
+                if value is not None and not isinstance(value, np.ndarray):   # a member that is not .npy
+                    raise SSLTFError(f"{where}: member '{key}' is not a NumPy array (raw {type(value).__name__}); "
+                                     "write the file with np.savez(path, images=..., labels=...)")
     except SSLTFError:
         raise
     except ValueError as e:  # object arrays refuse to load without pickle
@@ -192,6 +238,7 @@ def _load_npz(path: str, flag: str) -> Examples:
         if len(labels) and labels.min() < -1:
             raise SSLTFError(f"{where}: 'labels' has the value {labels.min()}; expected class indices >= 0 "
                              "(or -1 for an unlabelled image)")
+        _check_label_range(labels, where)
     return Examples(f"npz:{os.path.basename(path)}", labels, int(labels.max()) + 1 if len(labels) else 0,
                     images=np.ascontiguousarray(images))
 
@@ -202,8 +249,14 @@ def _read_image(path: str, flag: str) -> np.ndarray:
     """Decode any PIL-readable file to uint8 RGB: alpha composited on white, palette, grayscale,
     CMYK and 16-bit images converted. Never executes or unpickles anything."""
     from PIL import Image, UnidentifiedImageError
+
+    def bomb(pixels: str) -> str:
+        return (f"{flag}: image file {path} declares {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} ssl_tf "
+                "decodes (a decompression bomb?); pass --skip_bad_images to skip such files")
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise SSLTFError(bomb(f"{im.size[0]}×{im.size[1]}"))
             im.load()
             if im.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La"):
                 im = im.convert("RGBA")
@@ -214,7 +267,9 @@ def _read_image(path: str, flag: str) -> np.ndarray:
                 scale = 65535.0 if arr.max() > 255 else 255.0
                 im = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).astype(np.uint8))
             image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:   # PIL refuses twice our limit before we can read the size
+        raise SSLTFError(bomb(f"over {2 * MAX_IMAGE_PIXELS:,}")) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise SSLTFError(f"{flag}: cannot decode image file {path} ({e.__class__.__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'empty'}); accepted: readable JPEG/PNG/BMP/GIF "
                          "files, or pass --skip_bad_images to skip such files") from None
@@ -296,7 +351,7 @@ def _load_folder(path: str, flag: str, image_size: int | None, skip_bad_images: 
         images = [_fit(im, size) for im in images]
     labels_arr = np.array(labels, np.int64)
     return Examples(f"folder:{os.path.basename(os.path.normpath(path))}", labels_arr, len(classes),
-                    images=np.stack(images), skipped=len(skipped))
+                    images=np.stack(images), skipped=len(skipped), class_names=tuple(classes) or None)
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -341,6 +396,7 @@ def _load_tfds(arg: str, flag: str, data_dir: str | None):
             raise SSLTFError(f"{where}: no split '{part}'; available: {', '.join(splits)}")
     has_label = "label" in info.features
     num_classes = info.features["label"].num_classes if has_label else 0
+    names = tuple(getattr(info.features["label"], "names", None) or ()) if has_label else ()
     eval_split = next((s for s in ("test", "validation") if s in (splits or ["test"])), None)
 
     def make(split_name):
@@ -349,7 +405,8 @@ def _load_tfds(arg: str, flag: str, data_dir: str | None):
             return ds.map(lambda ex: (_rgb(ex["image"]),
                                       tf.cast(ex["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)))
         labels = _tfds_labels(builder, split_name, has_label)
-        return Examples(f"tfds:{name}[{split_name}]", labels, num_classes, stream=stream)
+        return Examples(f"tfds:{name}[{split_name}]", labels, num_classes, stream=stream,
+                        class_names=names or None)
     train = make(train_split)
     held = make(eval_split) if eval_split and not split else None
     return train, held

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_tf.data import views
+from ssl_tf.data.sources import MAX_IMAGE_PIXELS
 from ssl_tf.errors import SSLTFError
 
 
@@ -42,6 +43,8 @@ def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
 
     def from_bytes(encoded):
         def decode(data):
+            tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+                                           message=f"image declares more than {MAX_IMAGE_PIXELS} pixels")
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
             return views.eval_view(image, image_size)
@@ -77,6 +80,39 @@ def _recover(path: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def header_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Width × height an encoded image declares in its header, read before decoding (int64; 0 when
+    the format is none of JPEG, PNG, GIF, BMP — ``decode_image`` then refuses it anyway)."""
+    def unsigned(offset, size, big_endian):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, size), tf.uint8), tf.int64)
+        weights = [256 ** (size - 1 - i) if big_endian else 256 ** i for i in range(size)]
+        return tf.reduce_sum(raw * tf.constant(weights, tf.int64))
+
+    def png():
+        return unsigned(16, 4, True) * unsigned(20, 4, True)
+
+    def gif():
+        return unsigned(6, 2, False) * unsigned(8, 2, False)
+
+    def bmp():   # signed 32-bit width and height (a negative height: top-down rows)
+        def signed(offset):
+            v = unsigned(offset, 4, False)
+            return tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))
+        return signed(18) * signed(22)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    length = tf.strings.length(data)
+    head = tf.strings.substr(data, 0, 4)
+    return tf.case([(tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8"), length >= 4), jpeg),
+                    (tf.logical_and(tf.equal(head, b"\x89PNG"), length >= 24), png),
+                    (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), length >= 10), gif),
+                    (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"), length >= 26), bmp)],
+                   default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
+
 class FeatureExtractor:
     """An exported encoder (or classifier) with its inputs checked: one-line errors instead of
     TensorFlow's signature mismatch tracebacks.
@@ -89,18 +125,30 @@ class FeatureExtractor:
     MIN_SIDE = 8
 
     def __init__(self, path: str):
+        if not isinstance(path, (str, os.PathLike)):
+            raise SSLTFError(f"export path: expected a directory path, got {type(path).__name__}")
+        path = os.fspath(path)
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             _recover(os.path.abspath(path))
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise SSLTFError(f"export {path}: not a SavedModel directory (no saved_model.pb); "
                              "write one with --mode=export")
         self.path = path
-        self.model = tf.saved_model.load(path)
-        self.output = next(iter(self.model.signatures["serving_default"].structured_outputs))
+        try:
+            self.model = tf.saved_model.load(path)
+            self.output = next(iter(self.model.signatures["serving_default"].structured_outputs))
+        except Exception as e:  # noqa: BLE001 — protobuf DecodeError, OpError, KeyError: a damaged export
+            raise SSLTFError(f"export {path}: cannot be loaded, the SavedModel is damaged or not ssl_tf's "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no message'}); "
+                             "write it again with --mode=export") from None
 
     def __call__(self, images) -> np.ndarray:
-        x = images.numpy() if isinstance(images, tf.Tensor) else np.asarray(images)
         where = f"export {self.path}: input"
+        try:
+            x = images.numpy() if isinstance(images, tf.Tensor) else np.asarray(images)
+        except ValueError:   # a ragged list: rows of different shapes
+            raise SSLTFError(f"{where} is ragged (images of different shapes); pass one [batch, height, width, 3] "
+                             "array, or call once per size") from None
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         elif np.issubdtype(x.dtype, np.floating):
@@ -126,6 +174,10 @@ class FeatureExtractor:
             raise SSLTFError(f"export {self.path}: from_bytes expects a non-empty list of encoded image bytes")
         for i, data in enumerate(encoded):
             try:
+                pixels = int(header_pixels(tf.constant(bytes(data))))
+                if pixels > MAX_IMAGE_PIXELS:
+                    raise SSLTFError(f"export {self.path}: encoded image {i} declares {pixels:,} pixels, more than "
+                                     f"the {MAX_IMAGE_PIXELS:,} ssl_tf decodes (a decompression bomb?)")
                 tf.io.decode_image(bytes(data), channels=3, expand_animations=False)
             except (tf.errors.InvalidArgumentError, ValueError) as e:
                 raise SSLTFError(f"export {self.path}: encoded image {i} cannot be decoded "

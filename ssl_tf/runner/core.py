@@ -6,8 +6,8 @@ training loop in ``loop`` and the run's record in ``results``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Iterator
@@ -22,7 +22,8 @@ from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
 from ssl_tf.methods import METHODS
 from ssl_tf.models import build_backbone, kernels
-from ssl_tf.runner import distill, evaluate, export, finetune, pretrain, report, results
+from ssl_tf.runner import distill, evaluate, export, finetune, lock, pretrain, report, results
+from ssl_tf.runner.loop import written_by
 
 
 class Runner:
@@ -57,7 +58,8 @@ class Runner:
             log(f"--precision=mixed_bfloat16: {bf16_note}")
         # Under several replicas BN is synchronised when --global_bn (SimCLR's global_bn).
         self.model_cfg = dataclasses.replace(cfg, global_bn=cfg.global_bn and self.replicas > 1)
-        os.makedirs(cfg.model_dir, exist_ok=True)
+        _usable_run_dir(cfg.model_dir)
+        self._lock_depth = 0
         self.results_path = os.path.join(cfg.model_dir, "results.json")
         self.results = results.load(self.results_path)
         train = self.data.train
@@ -72,37 +74,67 @@ class Runner:
              "layerwise_eval": evaluate.layerwise_eval, "finetune": finetune.run, "distill": distill.run,
              "export": export.run, "report": report.run}
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold ``model_dir/.lock`` (the chief, for multi-worker runs) while a step runs: another process
+        on the same directory is refused in one line until this one is done."""
+        if not self.is_chief or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        path = lock.acquire(self.cfg.model_dir)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            lock.release(path)
+
+    def _step(self, mode: str):
+        with self.locked():
+            return self.MODES[mode](self)
+
     def pretrain(self) -> dict:
-        return pretrain.run(self)
+        return self._step("pretrain")
 
     def linear_eval(self) -> dict:
-        return evaluate.linear_eval(self)
+        return self._step("linear_eval")
 
     def knn(self) -> dict:
-        return evaluate.knn(self)
+        return self._step("knn")
 
     def layerwise_eval(self) -> dict:
-        return evaluate.layerwise_eval(self)
+        return self._step("layerwise_eval")
 
     def finetune(self) -> dict:
-        return finetune.run(self)
+        return self._step("finetune")
 
     def distill(self) -> dict:
-        return distill.run(self)
+        return self._step("distill")
 
     def export(self) -> dict:
-        return export.run(self)
+        return self._step("export")
 
     def report(self) -> str:
-        return report.run(self)
+        return self._step("report")
 
     def plots(self) -> list[str]:
         return results.plots(self)
 
     def run(self) -> dict:
         """Every step of --mode in order (then the plots); returns results.json's content."""
+        with self.locked():
+            return self._run()
+
+    def _run(self) -> dict:
         start, seconds = time.perf_counter(), {}
         steps = [(mode, self.MODES[mode]) for mode in self.cfg.modes]
+        evaluating = [m for m in self.cfg.modes if m in ("linear_eval", "knn", "layerwise_eval", "finetune")]
+        if evaluating:   # before any training: a run that cannot evaluate stops now, not after pretraining
+            self.eval_sets(evaluating[0])
         if self.cfg.plots and set(self.cfg.modes) - {"export", "report"}:
             steps.append(("plots", results.plots))
         for name, step in steps:
@@ -210,7 +242,8 @@ class Runner:
     def eval_sets(self, tag: str) -> tuple[Examples, Examples]:
         if self.data.eval is None or not len(self.labelled_idx):
             raise SSLTFError(f"--mode={tag} needs labelled training data and an evaluation set; pass "
-                             "--eval_dataset with a labelled source")
+                             "--eval_dataset with a labelled source, or leave the evaluation steps out of --mode "
+                             "(e.g. --mode=pretrain,export)")
         return self.data.train.subset(self.labelled_idx), self.data.eval
 
     def features(self, key: str, make_encoder, tag: str):
@@ -229,21 +262,18 @@ class Runner:
         return write(model, path, self.cfg.image_size) if self.is_chief else path
 
 
-def written_by(checkpoint: str) -> str | None:
-    """The method that wrote ``checkpoint``: recorded with it, else (runs from before checkpoints
-    carried it) in the results.json of the run directory above it."""
-    method = checkpoints.metadata(checkpoint).get("method")
-    if method:
-        return method
-    path = os.path.abspath(checkpoint)
-    for _ in range(4):
-        path = os.path.dirname(path)
-        try:
-            with open(os.path.join(path, "results.json")) as f:
-                return json.load(f)["config"]["method"]
-        except (OSError, KeyError, ValueError, TypeError):
-            continue
-    return None
+def _usable_run_dir(path: str) -> None:
+    """Create the run directory, or say in one line why it cannot be one."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SSLTFError(f"--model_dir={path}: is a file, not a directory; pass a directory (new or a run's)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SSLTFError(f"--model_dir={path}: cannot be created ({e.strerror or e}); pass a writable "
+                         "directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SSLTFError(f"--model_dir={path}: not writable (read-only file system or permissions); pass a "
+                         "writable directory")
 
 
 def _image_side(examples: Examples) -> int | None:

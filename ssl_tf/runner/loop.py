@@ -9,6 +9,7 @@ scalars, the collapse monitor and a progress bar.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -25,11 +26,36 @@ from ssl_tf.runner.results import peak_rss_mb
 COLLAPSE_STD = 0.1   # embedding_std below this (1 = spread out on the sphere, 0 = one point): collapsed
 
 
+# A time budget re-sizes the schedules at these points: after CALIBRATION_STEPS timed steps (the
+# first, traced step excluded), then when a quarter and a half of the budget have passed. Later
+# changes would bend the end of the cosine; a half of the budget measures the rate well enough.
+CALIBRATION_STEPS = 20
+CALIBRATION_FRACTIONS = (0.25, 0.5)
+
+
+def budget_total(done: int, steps_per_second: float, elapsed: float, budget: float) -> int:
+    """The schedule length that ends a time budget: the ``done`` steps plus those that fit in the
+    ``budget − elapsed`` seconds left at ``steps_per_second`` (at least one more)."""
+    return done + max(1, int(steps_per_second * max(budget - elapsed, 0.0)))
+
+
+def _resize(model, per_epoch: int, total: int) -> None:
+    """Every schedule of ``model`` (its own and its optimizers' warmup-cosine lr) to ``total`` steps."""
+    from ssl_tf.optim import WarmupCosine
+    model.set_schedule(per_epoch, total)
+    for opt in (model.optimizer, model.fixed_optimizer, model.probe_optimizer):
+        schedule = getattr(opt, "_learning_rate", None)
+        if isinstance(schedule, WarmupCosine):
+            schedule.total_steps = total
+
+
 def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: int, make_optimizer, tag: str,
-          max_steps: int | None = None, run_info: dict | None = None):
+          max_steps: int | None = None, run_info: dict | None = None, minutes: float | None = None):
     """Train ``make_model()`` on ``examples`` with its view recipe; resume from ``model_dir/tag``.
     ``run_info`` (the method and settings) is stored with every checkpoint; a checkpoint written by
-    another method is refused with a one-line error. Returns (model, summary)."""
+    another method is refused with a one-line error. ``minutes``: a time budget for the loop (the
+    schedules follow the measured step rate; a resumed run keeps the length its checkpoint recorded).
+    Returns (model, summary)."""
     cfg, strategy, replicas = runner.cfg, runner.strategy, runner.replicas
     keras.utils.set_random_seed(cfg.seed)
     augment = runner.augment_config()
@@ -54,29 +80,46 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
     manager = checkpoints.AtomicCheckpoints(ckpt, os.path.join(cfg.model_dir, tag), cfg.keep_checkpoints,
                                             is_chief=runner.is_chief, worker=runner.worker)
     if manager.latest:
-        written_by = checkpoints.metadata(manager.latest).get("method")
-        if run_info and written_by and written_by != run_info.get("method"):
-            raise SSLTFError(f"--model_dir={cfg.model_dir}: {manager.latest} was written by --method={written_by}, "
-                             f"not --method={run_info['method']}; pass --method={written_by} to resume it, or "
+        writer_method = written_by(manager.latest)
+        if run_info and writer_method and writer_method != run_info.get("method"):
+            raise SSLTFError(f"--model_dir={cfg.model_dir}: {manager.latest} was written by --method={writer_method}, "
+                             f"not --method={run_info['method']}; pass --method={writer_method} to resume it, or "
                              "another --model_dir")
         try:
             manager.restore(manager.latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
+        except (tf.errors.OpError, IndexError, OSError) as e:   # IndexError: TF's reader on a truncated file
+            earlier = checkpoints.steps(manager.directory)[:-1]
+            raise SSLTFError(f"--model_dir={cfg.model_dir}: checkpoint {manager.latest} cannot be read, it is damaged "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to resume from "
+                             f"{'step ' + str(earlier[-1]) if earlier else 'the start'}") from None
+        except (AssertionError, ValueError) as e:
             raise SSLTFError(f"--model_dir={cfg.model_dir}: checkpoint {manager.latest} does not match this "
                              f"--method/--backbone/--width ({str(e).splitlines()[0][:160]}); use another "
                              "--model_dir or the flags of that run") from None
         runner.log(f"[{tag}] resumed from {manager.latest} at step {int(step)}")
     start = int(step)
+    calibrations = []
+    if minutes and start:
+        total = int(checkpoints.metadata(manager.latest).get("total_steps", total))
+        _resize(model, per_epoch, total)
+        stop = min(total, max_steps) if max_steps else total
+        calibrations = None                     # resumed: the recorded length stands
+    elif minutes:
+        stop = max_steps or 2 ** 62             # until the first calibration sizes it (--epochs: a first guess)
 
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: model.input_stream(examples, augment, global_batch=global_batch, seed=cfg.seed,
                                        start_step=start, input_context=ctx))
-    replica_step = tf.function(model.train_step, jit_compile=runner.use_jit())
 
-    @tf.function
-    def distributed_step(batch):
-        logs = strategy.run(replica_step, args=(batch,))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+    def traced_step():   # the schedules are constants of the trace: a new length needs a new trace
+        replica_step = tf.function(model.train_step, jit_compile=runner.use_jit())
+
+        @tf.function
+        def distributed_step(batch):
+            logs = strategy.run(replica_step, args=(batch,))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+        return distributed_step
+    distributed_step = traced_step()
 
     writer = (tf.summary.create_file_writer(os.path.join(cfg.model_dir, "logs", tag)) if runner.is_chief
               else tf.summary.create_noop_writer())
@@ -91,13 +134,31 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
     timed_steps, timed_seconds = 0, 0.0
     iterator = iter(dataset)
     preempted = _PreemptionNotice(enabled=runner.worker_count == 1)
+    loop_start, traced = time.perf_counter(), True
     try:
-        for s in range(start, stop):
+        s = start
+        while s < stop:
             t0 = time.perf_counter()
             logs = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
-            if s > start:  # the first step traces the graph
-                timed_seconds += time.perf_counter() - t0
+            now = time.perf_counter()
+            if traced:      # a step that traced the graph is not timed; the step rate counts from here
+                rate_start, rate_steps, traced = now, s + 1, False
+            else:
+                timed_seconds += now - t0
                 timed_steps += 1
+            if minutes and calibrations is not None and s + 1 > rate_steps:
+                elapsed = now - loop_start
+                due = [f for f in CALIBRATION_FRACTIONS if elapsed >= f * minutes * 60 and f not in calibrations]
+                if (calibrations and due) or (not calibrations and s + 1 - rate_steps >= CALIBRATION_STEPS):
+                    calibrations += due or ["start"]
+                    # wall-clock steps per second since the last trace: checkpoints and logging included
+                    rate = (s + 1 - rate_steps) / max(now - rate_start, 1e-9)
+                    total = budget_total(s + 1, rate, elapsed, minutes * 60)
+                    stop = min(total, max_steps) if max_steps else total
+                    _resize(model, per_epoch, total)
+                    distributed_step, traced = traced_step(), True
+                    if bar is not None:
+                        bar.target = stop
             if not all(math.isfinite(v) for v in logs.values()):
                 bad = next(k for k, v in logs.items() if not math.isfinite(v))
                 raise SSLTFError(f"[{tag}] {bad} is {logs[bad]} at step {s + 1}; stopped without saving; last good "
@@ -114,7 +175,7 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
             if (s + 1) % cfg.checkpoint_every == 0 or s + 1 == stop or preempted.received:
-                saved = manager.save(s + 1, {"history": history, **(run_info or {})})
+                saved = manager.save(s + 1, {"history": history, "total_steps": total, **(run_info or {})})
                 if preempted.received:
                     preempted.restore()
                     raise SSLTFError(f"[{tag}] stopped by {preempted.received} at step {s + 1}; checkpoint saved: "
@@ -131,6 +192,7 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
                 sums, count = {}, 0
             if bar is not None:
                 bar.update(s + 1, values=[(k, logs[k]) for k in sorted(logs) if not k.endswith("_std")])
+            s += 1
     finally:
         preempted.restore()
     writer.flush()
@@ -139,12 +201,15 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
                "replicas": replicas, "final": logs,
                "train_images_per_sec": (round(timed_steps * global_batch / timed_seconds, 1) if timed_steps
                                         else None),
-               "seconds": round(timed_seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
+               "seconds": round(timed_seconds, 1), "loop_seconds": round(time.perf_counter() - loop_start, 1),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "history": history,
                "machine": backend.describe(runner.machine),
                "weights_sha256": weights_fingerprint(model)}
     if runner.worker_count > 1:
         runner.log(f"[{tag}] worker {runner.worker}/{runner.worker_count} at step {int(step)}: "
                    f"weights sha256 {summary['weights_sha256']}")
+    if minutes:
+        summary["budget_minutes"] = minutes
     if collapse_warnings:
         summary["collapse_warnings"] = collapse_warnings
     if not timed_steps:   # already complete (a re-run after a kill during evaluation): keep the timings
@@ -196,6 +261,23 @@ def collapse_warning(epoch_means: dict) -> str | None:
     rank = epoch_means.get("effective_rank")
     return (f"WARNING: embeddings are collapsing (embedding_std {std:.3f} < {COLLAPSE_STD}, effective rank "
             f"{rank:.2f}); try a lower --learning_rate, a larger --batch_size or the paper's defaults")
+
+
+def written_by(checkpoint: str) -> str | None:
+    """The method that wrote ``checkpoint``: recorded with it, else (runs from before checkpoints
+    carried it) in the results.json of the run directory above it."""
+    method = checkpoints.metadata(checkpoint).get("method")
+    if method:
+        return method
+    path = os.path.abspath(checkpoint)
+    for _ in range(4):
+        path = os.path.dirname(path)
+        try:
+            with open(os.path.join(path, "results.json")) as f:
+                return json.load(f)["config"]["method"]
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+    return None
 
 
 def _flatten_with_paths(nest, prefix: str = ""):

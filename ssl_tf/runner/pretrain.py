@@ -28,7 +28,7 @@ def run(runner) -> dict:
 
     model, summary = loop.train(runner, make_model, train, epochs=cfg.epochs, global_batch=cfg.batch_size,
                                 make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps,
-                                run_info=runner.run_info())
+                                run_info=runner.run_info(), minutes=cfg.train_minutes)
     runner.set_encoder(getattr(model, method.eval_encoder_attr))
     if isinstance(model, SemiSupervised) and runner.data.eval is not None:
         summary["top1"] = runner.classifier_top1(model)

@@ -9,6 +9,7 @@ import resource
 import numpy as np
 
 from ssl_tf import config as config_lib
+from ssl_tf.errors import SSLTFError
 
 
 def peak_rss_mb() -> float:
@@ -25,10 +26,18 @@ def versions() -> dict:
 
 
 def load(path: str) -> dict:
+    """A run's results.json ({} when there is none yet)."""
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SSLTFError(f"{path}: not readable as JSON ({type(e).__name__}: {str(e)[:120]}); it is only the run's "
+                         "record (the checkpoints hold the model): move it away and run again") from None
+    if not isinstance(data, dict):
+        raise SSLTFError(f"{path}: holds a {type(data).__name__}, not a run's record; move it away and run again")
+    return data
 
 
 def save(runner) -> None:
