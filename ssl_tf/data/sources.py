@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import warnings
 import zipfile
 from typing import TYPE_CHECKING, Callable
 
@@ -254,7 +255,10 @@ def _read_image(path: str, flag: str) -> np.ndarray:
         return (f"{flag}: image file {path} declares {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} ssl_tf "
                 "decodes (a decompression bomb?); pass --skip_bad_images to skip such files")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # refused below, in one line
+            im = Image.open(path)
+        with im:
             if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
                 raise SSLTFError(bomb(f"{im.size[0]}×{im.size[1]}"))
             im.load()
