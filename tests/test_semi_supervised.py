@@ -139,11 +139,12 @@ def test_semi_stream_gives_b_labelled_and_mu_b_unlabelled():
     assert model.batches_per_epoch(ex, 4) == 40 // 12
 
 
-@pytest.mark.parametrize("cls", [FixMatch, MixMatch])
-def test_semi_step_trains_the_model_and_moves_the_ema_by_its_formula(cls):
+@pytest.mark.parametrize("cls, warmup", [(FixMatch, False), (MixMatch, False), (FixMatch, True)])
+def test_semi_step_trains_the_model_and_moves_the_ema_by_its_formula(cls, warmup):
     keras.utils.set_random_seed(0)
     ex = tiny_examples()
-    model = cls(tiny_encoder(), 4, mu=2, ema_decay=0.9, **({"threshold": 0.0} if cls is FixMatch else {}))
+    model = cls(tiny_encoder(), 4, mu=2, ema_decay=0.9, ema_warmup=warmup,
+                **({"threshold": 0.0} if cls is FixMatch else {}))
     model.total_steps = 10
     batch = next(iter(model.input_stream(ex, views.AugmentConfig(image_size=16), global_batch=4, seed=0)))
     model.build_with(batch, keras.optimizers.SGD(0.1))
@@ -153,8 +154,9 @@ def test_semi_step_trains_the_model_and_moves_the_ema_by_its_formula(cls):
     assert np.isfinite(float(logs["loss"]))
     moved = [not np.allclose(a, v.numpy()) for a, v in zip(online_before, model.encoder.trainable_weights)]
     assert any(moved)
+    d = min(0.9, (1 + 0) / (10 + 0)) if warmup else 0.9     # step 0: the warm-up's 0.1, else the decay
     for before, ema, online in zip(ema_before, model.ema_encoder.trainable_weights, model.encoder.trainable_weights):
-        np.testing.assert_allclose(ema.numpy(), 0.9 * before + 0.1 * online.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ema.numpy(), d * before + (1 - d) * online.numpy(), rtol=1e-5, atol=1e-7)
     if cls is FixMatch:
         assert float(logs["mask_rate"]) == 1.0          # threshold 0: every pseudo-label kept
     ids = {id(v) for v in model.method_variables}
@@ -312,3 +314,11 @@ def test_keras_teacher_files_load_only_in_safe_mode(tmp_path):
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
     with pytest.raises(SSLTFError, match="junk.keras"):
         load_teacher(str(tmp_path / "junk.keras"))
+
+
+def test_ema_warmup_follows_tensorflows_num_updates_formula():
+    from ssl_tf.optim import ema_decay_at
+    for decay in (0.9, 0.999):
+        for t in (0, 1, 5, 50, 1000, 10 ** 6):
+            np.testing.assert_allclose(float(ema_decay_at(decay, t)), min(decay, (1 + t) / (10 + t)), rtol=1e-6)
+    assert float(ema_decay_at(0.999, 10 ** 6)) == np.float32(0.999)   # the paper's decay once warmed up

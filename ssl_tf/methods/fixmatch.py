@@ -42,7 +42,8 @@ class FixMatch(SemiSupervised):
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes, threshold=p.threshold, mu=p.mu, unlabelled_weight=p.unlabelled_weight,
-                   ema_decay=p.ema_decay)
+                   ema_decay=p.ema_decay,
+                   ema_warmup=p.ema_warmup)
 
     def objective(self, batch, training):
         x = batch["labelled"]["views"]

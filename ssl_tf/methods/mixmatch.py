@@ -57,7 +57,8 @@ class MixMatch(SemiSupervised):
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes, temperature=p.sharpen_temperature, alpha=p.mixup_alpha,
-                   rampup=p.unlabelled_rampup, mu=p.mu, unlabelled_weight=p.unlabelled_weight, ema_decay=p.ema_decay)
+                   rampup=p.unlabelled_rampup, mu=p.mu, unlabelled_weight=p.unlabelled_weight, ema_decay=p.ema_decay,
+                   ema_warmup=p.ema_warmup)
 
     def unlabelled_weight_now(self):
         ramp_steps = self.rampup * self.total_steps

@@ -18,6 +18,7 @@ from ssl_tf.losses import cross_entropy
 from ssl_tf.methods.base import Objective, SSLMethod, clone_network
 from ssl_tf.methods.settings import MethodParams, check, param
 from ssl_tf.models import classifier_head
+from ssl_tf.optim import ema_decay_at
 
 
 class Classifier(SSLMethod):
@@ -58,6 +59,9 @@ class SemiSupervised(Classifier):
         unlabelled_weight: float = param(1.0, "Weight λ_u of the unlabelled loss.", source="FixMatch §4: λ_u = 1")
         ema_decay: float = param(0.999, "Decay of the weight EMA used for evaluation.",
                                  source="FixMatch appendix B.1, MixMatch §4: 0.999")
+        ema_warmup: bool = param(True, "Warm the EMA up: decay min(d, (1 + t)/(10 + t)) at step t, so that a short "
+                                       "run's EMA model is not its random start.",
+                                 source="tf.train.ExponentialMovingAverage(num_updates)")
 
         def validate(self, shared):
             super().validate(shared)
@@ -65,11 +69,13 @@ class SemiSupervised(Classifier):
             check(self.unlabelled_weight >= 0, "unlabelled_weight", self.unlabelled_weight, "must be >= 0")
             check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1)")
 
-    def __init__(self, encoder, num_classes, mu=7, unlabelled_weight=1.0, ema_decay=0.999, **kwargs):
+    def __init__(self, encoder, num_classes, mu=7, unlabelled_weight=1.0, ema_decay=0.999, ema_warmup=True,
+                 **kwargs):
         if num_classes <= 0:
             raise ValueError(f"{type(self).__name__} needs labelled data (num_classes > 0)")
         super().__init__(encoder, num_classes, **kwargs)
         self.mu, self.unlabelled_weight, self.ema_decay = mu, unlabelled_weight, ema_decay
+        self.ema_warmup = ema_warmup
         self.ema_encoder = clone_network(encoder, name="ema_encoder")
         self.ema_head = clone_network(self.head, name="ema_head")
 
@@ -99,4 +105,4 @@ class SemiSupervised(Classifier):
         return [(self.ema_encoder, self.encoder), (self.ema_head, self.head)]
 
     def after_update(self, aux, step):
-        self.momentum_update(self.ema_decay)
+        self.momentum_update(ema_decay_at(self.ema_decay, step) if self.ema_warmup else self.ema_decay)

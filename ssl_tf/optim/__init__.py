@@ -9,6 +9,7 @@ from ssl_tf.optim.schedules import (  # noqa: F401
     LR_SCALINGS,
     WarmupCosine,
     cosine_momentum,
+    ema_decay_at,
     linear_warmup_value,
     scale_learning_rate,
 )

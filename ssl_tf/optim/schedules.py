@@ -51,6 +51,14 @@ def cosine_momentum(base: float, step, total_steps: int, final: float = 1.0):
     return final - (final - base) * (ops.cos(math.pi * progress) + 1.0) / 2.0
 
 
+def ema_decay_at(decay: float, step):
+    """The weight-EMA decay at ``step`` with warm-up: min(d, (1 + t)/(10 + t)), as TensorFlow's
+    ``ExponentialMovingAverage(num_updates=t)``: the average follows the weights closely at first, so a
+    short run's EMA model is not stuck near its random initialisation (0.999 keeps 90% of it for 100 steps)."""
+    t = ops.cast(step, "float32")
+    return ops.minimum(float(decay), (1.0 + t) / (10.0 + t))
+
+
 def linear_warmup_value(start: float, end: float, step, warmup_steps: int):
     """``start`` → ``end`` linearly over ``warmup_steps``, then ``end`` (DINO's teacher temperature)."""
     progress = ops.clip(ops.cast(step, "float32") / float(max(int(warmup_steps), 1)), 0.0, 1.0)
