@@ -45,7 +45,7 @@ def _define(name, tp, default, help_, choices, flag_values):
 def method_flag_specs() -> dict:
     """{flag: (type, help, choices)} of every registered method's parameters. A name several methods
     declare is one flag (default: each method's own), which must have one type everywhere."""
-    from ssl_tf.methods import METHODS, settings
+    from ssl_tf.methods import settings  # importing the package fills the registry
     specs = {}
     for name, declared in settings.param_fields().items():
         types = {tp for _, _, tp in declared}
@@ -56,7 +56,6 @@ def method_flag_specs() -> dict:
         choices = next((f.metadata.get("choices") for _, f, _ in declared if f.metadata.get("choices")), None)
         help_ = f"{helps[0] if len(helps) == 1 else ' | '.join(helps)} [{defaults}]"
         specs[name] = (types.pop(), help_, choices)
-    assert set(METHODS)   # the registry is filled by importing ssl_tf.methods
     return specs
 
 

@@ -251,8 +251,9 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
                 args.setdefault(key, value)                                # a method parameter
     c.image_size = c.image_size or data_image_size or 224
     small = c.image_size <= 32
+    from ssl_tf.methods.settings import make_params
     try:
-        params = _make_params(method, args)
+        params = make_params(method, args)
     except TypeError as e:
         raise SSLTFError(f"--method={c.method}: {e}") from None
     params.resolve(c)                      # may set shared fields still unset (MoCo v1: no blur)
@@ -319,11 +320,6 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     params.validate(c)
     c.params = params
     return c
-
-
-def _make_params(method, args: dict):
-    from ssl_tf.methods.settings import make_params
-    return make_params(method, args)
 
 
 def to_dict(cfg: Config) -> dict:

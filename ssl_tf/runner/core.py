@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_tf import backend, checkpoints, config as config_lib, distribute, eval as eval_lib, optim
-from ssl_tf.data import views
+from ssl_tf.data import subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
 from ssl_tf.methods import METHODS
@@ -63,7 +63,6 @@ class Runner:
         self.results_path = os.path.join(cfg.model_dir, "results.json")
         self.results = results.load(self.results_path)
         train = self.data.train
-        from ssl_tf.data import subsets
         self.labelled_idx = (subsets.label_fraction(train.labels, cfg.label_fraction, cfg.seed)
                              if (train.labels >= 0).any() else np.zeros([0], np.int64))
         self._encoder = None
