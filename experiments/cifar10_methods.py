@@ -34,10 +34,10 @@ from ssl_tf.runner import Runner  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_METHODS = ("simclr,moco,moco_v3,byol,simsiam,dino,dino@vit_tiny,npid,barlow_twins,vicreg,rotation,"
-                   "relative_patch_location,jigsaw,exemplar,colorization")
+                   "relative_patch_location,jigsaw,exemplar,colorization,cpc_v2")
 
 
-def config_for(spec: str, args, model_dir: str):
+def config_for(spec: str, args, model_dir: str, *extra: str):
     """The Config of ``METHOD[@BACKBONE]`` from its budget flagfile and this benchmark's data."""
     method, _, backbone = spec.partition("@")
     argv = ["ssl-tf", f"--flagfile={os.path.join(ROOT, 'flags', method, 'cifar10_20min.flags')}",
@@ -45,16 +45,25 @@ def config_for(spec: str, args, model_dir: str):
             f"--seed={args.seed}", "--progress=false", "--plots=false"]
     argv += [f"--eval_dataset=npz:{args.eval_npz}"] if args.eval_npz else []
     argv += [f"--backbone={backbone}"] if backbone else []
+    argv += list(extra)
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(argv)
     return cli.config_from_flags(fv)
 
 
+def layerwise_of(res: dict) -> dict:
+    """The best layer of the layer-wise probe and the random-init backbone's same layer (pretext tasks)."""
+    best = res.get("layerwise_eval", {}).get("best")
+    return {} if not best else {"layer_best": best["layer"], "layer_top1": best["top1"],
+                                "layer_random_init": best.get("random_init_top1")}
+
+
 def row_of(res: dict, minutes: float) -> dict:
     pre = res["pretrain"]
     final = pre.get("final", {})
-    return {"budget_minutes": minutes, "linear_top1": res["linear_eval"]["top1"], "knn_top1": res["knn"]["top1"],
+    return {**layerwise_of(res), "budget_minutes": minutes, "linear_top1": res["linear_eval"]["top1"],
+            "knn_top1": res["knn"]["top1"],
             "linear_random_init": res["linear_eval"].get("random_init_top1"),
             "knn_random_init": res["knn"].get("random_init_top1"),
             "epochs": pre["epochs"], "steps": pre["steps"], "batch": pre["global_batch"],
@@ -66,13 +75,15 @@ def row_of(res: dict, minutes: float) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    head = ("| method | linear | kNN | random linear | random kNN | epochs | images/s | loop min | peak RSS MB "
-            "| embedding std / eff. rank | recipe |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| method | linear | kNN | random linear | random kNN | best layer (random) | epochs | images/s | loop min "
+            "| peak RSS MB | embedding std / eff. rank | recipe |")
+    lines = [head, "|" + "---|" * 12]
     for name, r in summary["methods"].items():
         rank = "" if r["embedding_std"] is None else f"{r['embedding_std']:.3f} / {r['effective_rank']:.1f}"
+        layer = (f"{r['layer_best']} {r['layer_top1']:.2f} ({r['layer_random_init']:.2f})"
+                 if r.get("layer_best") else "")
         lines.append(f"| {name} | {r['linear_top1']:.2f} | {r['knn_top1']:.2f} | {r['linear_random_init']:.2f} | "
-                     f"{r['knn_random_init']:.2f} | {r['epochs']:.2f} | {r['train_images_per_sec']} | "
+                     f"{r['knn_random_init']:.2f} | {layer} | {r['epochs']:.2f} | {r['train_images_per_sec']} | "
                      f"{r['loop_minutes']} | {r['peak_rss_mb']:.0f} | {rank} | `{r['recipe']}` |")
     machines = sorted({r["machine"] for r in summary["methods"].values() if r.get("machine")})
     return "\n".join(lines) + "\n\nMachine: " + "; ".join(machines) + "\n"
@@ -113,14 +124,21 @@ def main():
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"methods": {}}
     for spec in (m for m in args.methods.split(",") if m):
         name = spec.replace("@", "_") + ("" if args.minutes == 20 else f"_{args.minutes:g}min")
-        if summary["methods"].get(name, {}).get("budget_minutes") == args.minutes:
-            print(f"== {name}: done, skipped", flush=True)
-            continue
         start = time.perf_counter()
         cfg = config_for(spec, args, os.path.join(args.out, name))
-        res = Runner(cfg, log=lambda *a: print(*a, flush=True)).run()
-        summary["methods"][name] = dict(row_of(res, args.minutes),
-                                        wall_minutes=round((time.perf_counter() - start) / 60, 2))
+        done = summary["methods"].get(name, {})
+        if done.get("budget_minutes") == args.minutes:
+            if "layerwise_eval" not in cfg.modes or "layer_best" in done:
+                print(f"== {name}: done, skipped", flush=True)
+                continue
+            # a row measured before its recipe asked for the layer-wise probe: probe the trained run
+            res = Runner(config_for(spec, args, os.path.join(args.out, name), "--mode=layerwise_eval"),
+                         log=lambda *a: print(*a, flush=True)).run()
+            summary["methods"][name] = dict(done, **layerwise_of(res))
+        else:
+            res = Runner(cfg, log=lambda *a: print(*a, flush=True)).run()
+            summary["methods"][name] = dict(row_of(res, args.minutes),
+                                            wall_minutes=round((time.perf_counter() - start) / 60, 2))
         with open(summary_path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
         os.replace(summary_path + ".tmp", summary_path)

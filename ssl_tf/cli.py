@@ -91,8 +91,15 @@ def main(argv):
         raise SSLTFError(f"unexpected arguments {argv[1:]}; every option is a --flag (see ssl-tf --help)")
     cfg = config_from_flags()
     if cfg.mode.strip() == "report":
-        from ssl_tf.eval.report import report
-        print(report([p for p in (cfg.report_runs or "").split(",") if p] or [cfg.model_dir or "runs"]))
+        from ssl_tf.eval.report import label_efficiency_rows, plot_label_efficiency, report
+        runs = [p for p in (cfg.report_runs or "").split(",") if p] or [cfg.model_dir or "runs"]
+        print(report(runs))
+        if cfg.report_runs and cfg.model_dir and cfg.plots:   # the curve goes next to the runs asked for
+            os.makedirs(cfg.model_dir, exist_ok=True)
+            plot = plot_label_efficiency(label_efficiency_rows(runs), os.path.join(cfg.model_dir,
+                                                                                   "label_efficiency.png"))
+            if plot:
+                print(f"label-efficiency plot: {plot}")
         return
     from absl import logging
     logging.set_verbosity(logging.WARNING)

@@ -38,7 +38,7 @@ SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, co
 # epochs (SimCLR's short schedule), batch 256 (theirs: 4096), crops from 8% of the area, colour jitter
 # 1.0 with blur above 32 px, 0.5 without blur at <= 32 px (the CIFAR-10 recipe).
 SIMCLR_RECIPE = dict(optimizer="lars", lr_scaling="linear", crop_min_scale=0.08, width=1.0, epochs=100,
-                     batch_size=256, warmup_epochs=10.0, weight_decay=1e-6, eval_epochs=100, ft_epochs=30)
+                     batch_size=256, warmup_epochs=10.0, weight_decay=1e-6, eval_epochs=100)
 BASE_LEARNING_RATE = {"lars": 0.3, "sgd": 0.3, "adam": 1e-3, "adamw": 1e-3}
 
 
@@ -105,7 +105,10 @@ class Config:
                                        "many features (revisiting: 9000).")
     knn_k: int = _f(200, "Neighbours of the weighted kNN (InstDisc / lightly: 200).")
     knn_temperature: float = _f(0.1, "Temperature of the kNN vote weights exp(sim/T) (InstDisc: 0.1).")
-    ft_epochs: Optional[int] = _f(None, "Fine-tuning epochs (SimCLR: 60 at 1%% labels, 30 at 10%%; default 30).")
+    ft_epochs: Optional[int] = _f(None, "Fine-tuning epochs (default as SimCLR B.5: 60 at <= 1%% of the labels, "
+                                        "else 30).")
+    ft_batch_size: Optional[int] = _f(None, "Fine-tuning and distillation batch (default --batch_size, made smaller "
+                                            "where an epoch would have fewer than 8 steps, down to 16).")
     ft_learning_rate: float = _f(0.05, "Fine-tuning base lr, ×batch/256, SGD momentum 0.9, no decay (SimCLR B.5).")
     ft_proj_selector: int = _f(0, "Fine-tune from this layer of the pretrained projection head: 0 = the backbone "
                                   "output, k = after the first k projection layers (SimCLRv2 uses 1 of 3).")
@@ -265,6 +268,7 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     c.learning_rate = c.learning_rate or BASE_LEARNING_RATE[c.optimizer]
     c.student_backbone = c.student_backbone or c.backbone
     c.student_width = c.student_width or c.width
+    c.ft_epochs = c.ft_epochs or (60 if c.label_fraction <= 0.01 else 30)     # SimCLR B.5
     c.distill_epochs = c.distill_epochs or c.ft_epochs
     if c.model_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -303,6 +307,7 @@ def resolve(cfg: Config, data_image_size: int | None = None) -> Config:
     _check(c.knn_temperature > 0, "knn_temperature", c.knn_temperature, "must be > 0")
     _check(c.eval_epochs >= 1, "eval_epochs", c.eval_epochs, "must be >= 1")
     _check(c.ft_epochs >= 1, "ft_epochs", c.ft_epochs, "must be >= 1")
+    _check(c.ft_batch_size is None or c.ft_batch_size >= 1, "ft_batch_size", c.ft_batch_size, "must be >= 1")
     _check(c.layerwise_features >= 1, "layerwise_features", c.layerwise_features, "must be >= 1")
     _check(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
     _check(c.num_cpu_devices >= 1, "num_cpu_devices", c.num_cpu_devices, "must be >= 1")

@@ -100,6 +100,12 @@ def test_colorization_layerwise_eval_and_export_through_the_cli(cli, tmp_path):
     layers = [r["layer"] for r in res["layerwise_eval"]["layers"]]
     assert layers == ["stem", "block1", "block2", "block3", "block4", "pooled"]
     assert all(r["features"] <= 200 or r["features"] == r["shape"][-1] for r in res["layerwise_eval"]["layers"])
+    # the random-init backbone's same layers, for the "beats random at its best layer" question
+    rows = res["layerwise_eval"]["layers"]
+    assert all(0 <= r["random_init_top1"] <= 100 for r in rows)
+    best = max(rows, key=lambda r: r["top1"])
+    assert res["layerwise_eval"]["best"] == {k: best[k] for k in ("layer", "top1", "random_init_top1")}
+    assert "random" in out.stdout and "gain" in out.stdout
     assert os.path.getsize(os.path.join(model_dir, "layerwise.png")) > 1000
     assert "block4" in out.stdout and "top-1" in out.stdout
     import tensorflow as tf
@@ -216,7 +222,8 @@ def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
 
     rep = cli("report", a, b)
     assert rep.returncode == 0, rep.stderr[-3000:]
-    lines = [line for line in rep.stdout.splitlines() if line.startswith("|")]
+    runs_table, _, curves = rep.stdout.partition("Top-1 against the fraction of labels:")
+    lines = [line for line in runs_table.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].split("|")[1:-1]]
     rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:])}
     simclr = _results(a)
@@ -225,3 +232,10 @@ def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
     assert rows["simclr"]["distilled"] == f"{simclr['distill']['top1']:.2f}"
     assert rows["fixmatch"]["semi-sup. (EMA)"] == f"{_results(b)['pretrain']['ema_top1']:.2f}"
     assert rows["fixmatch"]["linear"] == "–"
+    # the label-efficiency table: fine-tuning and FixMatch at 50 % of the labels, the probe at 100 %
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in curves.splitlines() if line.startswith("|")]
+    assert cells[0] == ["run", "evaluation", "50% labels", "100% labels"]
+    by = {(r[0], r[1]): r[2:] for r in cells[2:]}
+    assert by[("simclr", "fine-tune")] == [f"{simclr['finetune']['50%']['top1']:.2f}", "–"]
+    assert by[("simclr", "linear")] == ["–", f"{simclr['linear_eval']['top1']:.2f}"]
+    assert by[("fixmatch", "fixmatch (EMA)")] == [f"{_results(b)['pretrain']['ema_top1']:.2f}", "–"]

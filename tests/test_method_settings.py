@@ -32,7 +32,7 @@ def test_every_parameter_has_a_type_help_and_source_and_resolves(name):
 
 
 def test_families_split_the_registry_and_labels_are_declared():
-    assert set(names("joint")) | set(names("pretext")) | set(names("semi")) == set(METHODS)
+    assert set(names("joint")) | set(names("pretext")) | set(names("infomax")) | set(names("semi")) == set(METHODS)
     assert {n for n, cls in METHODS.items() if cls.needs_labels} == {"s4l_rotation", "s4l_exemplar", "fixmatch",
                                                                       "mixmatch"}
 

@@ -292,6 +292,56 @@ def test_report_table_reads_results_files(tmp_path):
     assert [c.strip() for c in lines[3].split("|")[1:-1]][6] == "50.00"
 
 
+def test_label_efficiency_collects_every_fraction_a_run_measured_and_plots_it(tmp_path):
+    from ssl_tf.eval.report import label_efficiency_rows, label_efficiency_table, plot_label_efficiency
+    runs = {"ssl": {"config": {"method": "simclr", "label_fraction": 0.1},
+                    "linear_eval": {"top1": 45.0, "label_fraction": 0.1,
+                                    "by_fraction": {"1%": 30.0, "100%": 56.0, "10%": 45.0}},
+                    "finetune": {"1%": {"top1": 33.0}, "10%": {"top1": 50.0}},
+                    "distill": {"top1": 52.0, "label_fraction": 0.1}},
+            "semi": {"config": {"method": "fixmatch", "label_fraction": 0.1}, "pretrain": {"ema_top1": 61.5}},
+            "full": {"config": {"method": "byol", "label_fraction": 1.0}, "linear_eval": {"top1": 44.0,
+                                                                                          "label_fraction": 1.0}}}
+    for name, res in runs.items():
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "results.json", "w") as f:
+            json.dump(res, f)
+    rows = label_efficiency_rows([str(tmp_path)])
+    # a run probed only with every label has no curve
+    assert {(r["run"], r["series"]) for r in rows} == {("ssl", "linear"), ("ssl", "fine-tune"),
+                                                        ("ssl", "distilled"), ("semi", "fixmatch (EMA)")}
+    lines = label_efficiency_table(rows).splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["run", "evaluation", "1% labels", "10% labels",
+                                                              "100% labels"]
+    cells = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+             for line in lines[2:]}
+    assert cells[("ssl", "linear")] == ["30.00", "45.00", "56.00"]
+    assert cells[("ssl", "fine-tune")] == ["33.00", "50.00", "–"]
+    assert cells[("semi", "fixmatch (EMA)")] == ["–", "61.50", "–"]
+    assert "Top-1 against the fraction of labels" in report([str(tmp_path)])
+    path = plot_label_efficiency(rows, str(tmp_path / "curve.png"))
+    assert path and os.path.getsize(path) > 1000
+
+
+def test_fine_tuning_follows_simclrs_epochs_and_takes_eight_steps_an_epoch(tmp_path):
+    """With few labels a pretraining-sized batch made one fine-tuning step per epoch (1% of CIFAR-10:
+    30 steps in all, the classifier below the frozen probe); the batch now shrinks to 8 steps an epoch
+    (rounded to even: oneDNN aborts on odd batches of narrow ResNets)."""
+    from ssl_tf.config import Config, resolve
+    from ssl_tf.runner import Runner
+    assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.01)).ft_epochs == 60      # SimCLR B.5
+    assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.1)).ft_epochs == 30
+    assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.01, ft_epochs=7)).ft_epochs == 7
+    common = dict(dataset="shapes:400,40", image_size=16, width=0.0625, batch_size=256, max_steps=1, ft_epochs=1,
+                  label_fraction=0.5, progress=False, plots=False, random_baseline=False)
+    res = Runner(Config(mode="pretrain,finetune", model_dir=str(tmp_path / "a"), **common), log=lambda *a: None).run()
+    ft = res["finetune"]["50%"]
+    assert ft["num_labelled"] == 200 and ft["global_batch"] == 24 and ft["steps"] == 8      # 200 // 8, even
+    res = Runner(Config(mode="pretrain,finetune", model_dir=str(tmp_path / "b"), ft_batch_size=100, **common),
+                 log=lambda *a: None).run()
+    assert res["finetune"]["50%"]["global_batch"] == 100 and res["finetune"]["50%"]["steps"] == 2
+
+
 def test_keras_teacher_files_load_only_in_safe_mode(tmp_path):
     import keras
     import pytest

@@ -195,3 +195,64 @@ def chromatic_guard(image, seed, grayscale_p: float = 0.66):
     ``grayscale_p`` (the revisiting code's 0.66), otherwise project out the green-magenta axis."""
     return tf.cond(coin(seed, grayscale_p), lambda: grayscale(image),
                    lambda: project_out_green_magenta(image))
+
+
+# ----------------------------------------------------------------- per-patch (CPC v2)
+GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)   # tf.image.rgb_to_grayscale's
+
+
+def _per_patch(seed, n, p):
+    """[n] Bernoulli(p) draws, one per patch."""
+    return tf.random.stateless_uniform([n], seed) < p
+
+
+def _where(mask, a, b):
+    return tf.where(mask[:, None, None, None], a, b)
+
+
+def patchwise_flip(tiles, seed, p: float = 0.5):
+    """Each patch of [n, P, P, C] mirrored left-right with probability ``p``, independently."""
+    return _where(_per_patch(seed, tf.shape(tiles)[0], p), tf.reverse(tiles, [2]), tiles)
+
+
+def patchwise_jitter(tiles, seed, strength: float, p: float = 0.8):
+    """Brightness, contrast and saturation jitter (factors in 1 ± 0.8·s, SimCLR's ranges) drawn for
+    each patch of [n, P, P, 3], applied with probability ``p`` per patch; clipped to [0, 1]. One
+    fixed order and no hue, so that 49 patches per image cost three array operations, not 49
+    ``switch_case`` graphs."""
+    if strength <= 0 or p <= 0:
+        return tiles
+    n = tf.shape(tiles)[0]
+    s = split_seed(seed, 4)
+    lo, hi = 1 - 0.8 * strength, 1 + 0.8 * strength
+    bright, contrast, saturation = (tf.random.stateless_uniform([n, 1, 1, 1], s[i], lo, hi) for i in range(3))
+    x = tf.clip_by_value(tiles * bright, 0.0, 1.0)
+    grey = tf.reduce_sum(x * GREY_WEIGHTS, -1, keepdims=True)
+    mean = tf.reduce_mean(grey, [1, 2], keepdims=True)
+    x = tf.clip_by_value((x - mean) * contrast + mean, 0.0, 1.0)
+    grey = tf.reduce_sum(x * GREY_WEIGHTS, -1, keepdims=True)
+    x = tf.clip_by_value((x - grey) * saturation + grey, 0.0, 1.0)
+    return _where(_per_patch(s[3], n, p), x, tiles)
+
+
+def patchwise_grayscale(tiles, seed, p: float):
+    """Each patch of [n, P, P, 3] turned grey with probability ``p``, independently."""
+    grey = tf.tile(tf.reduce_sum(tiles * GREY_WEIGHTS, -1, keepdims=True), [1, 1, 1, 3])
+    return _where(_per_patch(seed, tf.shape(tiles)[0], p), grey, tiles)
+
+
+def patchwise_color_drop(tiles, seed, p: float, noise: float = 0.01):
+    """Colour dropping (Doersch et al. 2015, §3; CPC v2, Hénaff et al. 2020, §4.3): with probability
+    ``p`` a patch keeps one random channel of three and the other two become that channel's mean
+    plus Gaussian noise of ``noise`` × its standard deviation (Doersch: "~1/100"), so that
+    chromatic aberration cannot tell where a patch lies in the image."""
+    if p <= 0:
+        return tiles
+    n = tf.shape(tiles)[0]
+    s = split_seed(seed, 3)
+    keep = tf.one_hot(tf.random.stateless_uniform([n], s[0], 0, 3, tf.int32), 3)[:, None, None, :]   # [n,1,1,3]
+    kept = tf.reduce_sum(tiles * keep, -1, keepdims=True)                                             # [n,P,P,1]
+    mean, var = tf.nn.moments(kept, [1, 2, 3], keepdims=True)
+    filler = mean + noise * tf.sqrt(var) * tf.random.stateless_normal(tf.shape(tiles), s[1])
+    dropped = tiles * keep + filler * (1 - keep)
+    return _where(_per_patch(s[2], n, p), dropped, tiles)

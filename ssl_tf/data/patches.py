@@ -40,6 +40,24 @@ def grid_patches(image, seed, patch_size: int, jitter: float = REVISITING_JITTER
     return tf.stack(patches)
 
 
+def overlapping_side(image_size: int, patch_size: int, stride: int) -> int:
+    """Patches per row of the overlapping grid (CPC): (S − P) // stride + 1."""
+    return (image_size - patch_size) // stride + 1
+
+
+def overlapping_grid(images, patch_size: int, stride: int):
+    """[B, H, W, C] (or one [H, W, C]) -> [B, G, G, P, P, C] (or [G, G, P, P, C]): the G×G grid of
+    P×P patches ``stride`` apart, row-major (CPC: 64 px patches at stride 32 on 256 px, 7×7)."""
+    single = images.shape.rank == 3
+    x = images[None] if single else images
+    c = x.shape[-1]
+    flat = tf.image.extract_patches(x, sizes=[1, patch_size, patch_size, 1], strides=[1, stride, stride, 1],
+                                    rates=[1, 1, 1, 1], padding="VALID")          # [B, G, G, P·P·C]
+    shape = tf.shape(flat)
+    grid = tf.reshape(flat, [shape[0], shape[1], shape[2], patch_size, patch_size, c])
+    return grid[0] if single else grid
+
+
 def tile(image, grid: int = GRID):
     """[H, W, C] (H, W divisible by ``grid``) -> [grid², H/grid, W/grid, C], row-major, no gaps."""
     h, w = image.shape[0] // grid, image.shape[1] // grid

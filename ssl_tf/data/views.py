@@ -27,6 +27,11 @@ class AugmentConfig:
     patch_grayscale_p: float = 0.66                 # else green-magenta projection (chromatic guard)
     num_copies: int = 8                             # exemplar copies per image (revisiting: 8)
     exemplar_rotation: float = 20.0                 # degrees, ± (Dosovitskiy et al.: up to 20)
+    # CPC v2 (Hénaff et al. 2020): the overlapping patch grid and its per-patch augmentation
+    cpc_patch_size: int = 8                         # CPC: 64 at 256 px; 8 at 32 px keeps the 7×7 grid
+    cpc_patch_stride: int = 4                       # half a patch: CPC's 50% overlap
+    cpc_color_drop: float = 1.0                     # CPC v2 §4.3: colour dropping in each patch
+    cpc_grayscale_p: float = 0.25
     # multi-crop (DINO, Caron et al. 2021): 2 global crops + ``num_local_crops`` small ones
     num_local_crops: int = 6
     local_size: int = 16                            # DINO: 96 at 224 px
@@ -141,6 +146,23 @@ def patch_grid(image, seed, cfg: AugmentConfig):
     return tf.ensure_shape(tf.stack(guarded), [9, cfg.patch_size, cfg.patch_size, 3])
 
 
+def cpc_patches(image, seed, cfg: AugmentConfig):
+    """CPC v2's input: a random crop and flip of the image, cut into the G×G grid of overlapping
+    patches, then each patch augmented on its own — flip, colour jitter (p 0.8), greyscale and
+    colour dropping: [G·G, P, P, 3], row-major."""
+    s = ops.split_seed(seed, 6)
+    x = ops.random_resized_crop(ops.to_float(image), s[0], cfg.image_size, scale=cfg.crop_scale)
+    x = ops.random_flip(x, s[1])
+    p = cfg.cpc_patch_size
+    tiles = tf.reshape(patches.overlapping_grid(x, p, cfg.cpc_patch_stride), [-1, p, p, 3])
+    tiles = ops.patchwise_flip(tiles, s[2])
+    tiles = ops.patchwise_jitter(tiles, s[3], cfg.color_jitter, cfg.color_jitter_p)
+    tiles = ops.patchwise_grayscale(tiles, s[4], cfg.cpc_grayscale_p)
+    tiles = ops.patchwise_color_drop(tiles, s[5], cfg.cpc_color_drop)
+    g = patches.overlapping_side(cfg.image_size, p, cfg.cpc_patch_stride)
+    return tf.ensure_shape(tiles, [g * g, p, p, 3])
+
+
 def exemplar_view(image, seed, cfg: AugmentConfig):
     """One heavily augmented exemplar copy (Dosovitskiy et al. 2014): translation and scaling
     (random resized crop), flip, rotation, contrast/brightness/saturation/hue, grayscale."""
@@ -167,6 +189,7 @@ RECIPES = {
     "crop_flip": crop_flip_view,
     "rotations": rotations,
     "patch_grid": patch_grid,
+    "cpc_patches": cpc_patches,
     "exemplar": exemplar_copies,
     "weak": weak_view,
     "weak_strong": weak_strong,

@@ -93,17 +93,25 @@ def layerwise(backbone: keras.Model, train: Examples, test: Examples, num_classe
 
 
 def layerwise_table(rows: list[dict]) -> str:
-    lines = [f"  {'layer':<8} {'map':<14} {'features':>8} {'top-1':>7}"]
+    """The rows as text; with a random-init column (and the gain over it) when the rows carry one."""
+    random = all("random_init_top1" in r for r in rows)
+    head = f"  {'layer':<8} {'map':<14} {'features':>8} {'top-1':>7}"
+    lines = [head + (f" {'random':>7} {'gain':>6}" if random else "")]
     for r in rows:
-        lines.append(f"  {r['layer']:<8} {'×'.join(map(str, r['shape'])):<14} {r['features']:>8} {r['top1']:>7.2f}")
+        line = f"  {r['layer']:<8} {'×'.join(map(str, r['shape'])):<14} {r['features']:>8} {r['top1']:>7.2f}"
+        if random:
+            line += f" {r['random_init_top1']:>7.2f} {r['top1'] - r['random_init_top1']:>+6.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | None = None, log=print) -> str | None:
+def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | None = None,
+                   baseline: list[dict] | None = None, log=print) -> str | None:
     """PNG of top-1 against depth; ``others``: {label: rows} drawn on the same axes against
-    relative depth (0 = first representation layer, 1 = the last), each point named. None when
-    matplotlib (the ``plots`` extra) is missing."""
-    from ssl_tf.eval.plots import pyplot
+    relative depth (0 = first representation layer, 1 = the last), each point named; ``baseline``:
+    the same layers of a random-init backbone, dashed. None when matplotlib (the ``plots`` extra)
+    is missing."""
+    from ssl_tf.eval.plots import pyplot, save_top1_axes
     plt = pyplot(log)
     if plt is None:
         return None
@@ -114,13 +122,9 @@ def plot_layerwise(rows: list[dict], path: str, title: str = "", others: dict | 
         if others:
             for x, r in zip(xs, series):
                 ax.annotate(r["layer"], (x, r["top1"]), fontsize=6, xytext=(2, 3), textcoords="offset points")
+    if baseline:
+        ax.plot([r["depth"] for r in baseline], [r["top1"] for r in baseline], "k--", marker=".",
+                label="random-init backbone")
     if not others:
         ax.set_xticks([r["depth"] for r in rows], [r["layer"] for r in rows], rotation=30)
-    ax.set_ylabel("top-1 (%)")
-    ax.set_xlabel("relative depth (input → output)" if others else "layer (input → output)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_top1_axes(plt, fig, ax, path, "relative depth (input → output)" if others else "layer (input → output)")

@@ -31,6 +31,18 @@ def pyplot(log=print):
         return None
 
 
+def save_top1_axes(plt, fig, ax, path: str, xlabel: str, legend_size: int = 7) -> str:
+    """Label a top-1 (%) plot's axes, grid and legend, write it to ``path`` and close it."""
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _figure(plt, size, cols=1):
     dpi = 100
     return plt.subplots(1, cols, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)

@@ -1,4 +1,6 @@
-"""``ssl-tf report RUN_DIR...``: one Markdown table comparing runs, built from their results.json."""
+"""``ssl-tf report RUN_DIR...``: Markdown tables comparing runs, built from their results.json: one
+row per run, then top-1 against the fraction of labels (the label-efficiency curve of CPC v2's
+Fig. 1 and SimCLRv2's Table 1) for every run that measured more than its full-label probe."""
 from __future__ import annotations
 
 import json
@@ -88,5 +90,75 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _percent(key: str) -> float:
+    return float(key.rstrip("%"))
+
+
+def label_efficiency(results: dict) -> dict[str, dict[float, float]]:
+    """{series: {percent of labels: top-1}} of one run: the linear and MLP probes at every
+    --label_fraction they ran with, fine-tuning, the semi-supervised classifier (its EMA) and the
+    distilled student."""
+    cfg, pre = results.get("config", {}), results.get("pretrain", {})
+    series = {}
+    for key, name in (("linear_eval", "linear"), ("mlp_eval", "MLP")):
+        probe = results.get(key, {})
+        by = dict(probe.get("by_fraction", {}))
+        if "top1" in probe and "label_fraction" in probe:
+            by.setdefault(f"{100 * probe['label_fraction']:g}%", probe["top1"])
+        series[name] = {_percent(k): v for k, v in by.items()}
+    series["fine-tune"] = {_percent(k): v["top1"] for k, v in results.get("finetune", {}).items()}
+    if pre.get("ema_top1") is not None:
+        series[f"{cfg.get('method')} (EMA)"] = {100 * cfg.get("label_fraction", 1.0): pre["ema_top1"]}
+    if "distill" in results and "label_fraction" in results["distill"]:
+        series["distilled"] = {100 * results["distill"]["label_fraction"]: results["distill"]["top1"]}
+    return {name: points for name, points in series.items() if points}
+
+
+def label_efficiency_rows(paths) -> list[dict]:
+    """One row per (run, series) measured at a label fraction below 100%: {run, series, points}."""
+    rows = []
+    for run in find_runs(paths):
+        with open(os.path.join(run, "results.json")) as f:
+            results = json.load(f)
+        curves = label_efficiency(results)
+        if not any(p < 100 for points in curves.values() for p in points):
+            continue
+        name = os.path.basename(os.path.normpath(run))
+        rows += [{"run": name, "series": series, "points": points} for series, points in curves.items()]
+    return rows
+
+
+def label_efficiency_table(rows: list[dict]) -> str:
+    """Top-1 (%) per run and series (rows) at each fraction of labels (columns); '–' where not measured."""
+    fractions = sorted({p for r in rows for p in r["points"]})
+    lines = ["| run | evaluation | " + " | ".join(f"{p:g}% labels" for p in fractions) + " |",
+             "|" + "---|" * (2 + len(fractions))]
+    for r in rows:
+        cells = [f"{r['points'][p]:.2f}" if p in r["points"] else "–" for p in fractions]
+        lines.append(f"| {r['run']} | {r['series']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_label_efficiency(rows: list[dict], path: str, log=print) -> str | None:
+    """PNG of top-1 against the fraction of labels (log scale), one line per run and series; None
+    without matplotlib (the ``plots`` extra) or without rows."""
+    from ssl_tf.eval.plots import pyplot, save_top1_axes
+    plt = pyplot(log) if rows else None
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for r in rows:
+        xs = sorted(r["points"])
+        ax.plot(xs, [r["points"][x] for x in xs], marker="o", label=f"{r['run']}: {r['series']}")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({p for r in rows for p in r["points"]}),
+                  [f"{p:g}%" for p in sorted({p for r in rows for p in r["points"]})])
+    return save_top1_axes(plt, fig, ax, path, "labelled training images", legend_size=6)
+
+
 def report(paths) -> str:
-    return markdown_table(load_rows(paths))
+    """The runs' table, and their label-efficiency table when any run has one."""
+    table = markdown_table(load_rows(paths))
+    curves = label_efficiency_rows(paths)
+    return table + ("\n\nTop-1 against the fraction of labels:\n\n" + label_efficiency_table(curves) if curves
+                    else "")

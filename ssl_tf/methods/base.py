@@ -164,6 +164,13 @@ class SSLMethod(keras.Model):
         self.fixed_optimizer = None
 
     @classmethod
+    def make_encoder(cls, backbone, cfg) -> keras.Model:
+        """The encoder the method trains, evaluation probes, fine-tuning starts from and export writes,
+        from ``backbone(image_size, norm)`` (a builder of the configured backbone) and the resolved
+        ``cfg``: the backbone itself by default (CPC v2: the mean over a patch grid)."""
+        return backbone(cfg.image_size, "batch")
+
+    @classmethod
     def from_params(cls, p, shared, encoder: keras.Model, num_classes: int, num_examples: int = 1) -> "SSLMethod":
         """The method built from its own resolved ``Params`` ``p`` and the shared ``Config``."""
         raise NotImplementedError

@@ -27,7 +27,7 @@ import typing
 from ssl_tf.errors import SSLTFError, check  # noqa: F401 — check: re-exported for the method files
 
 REGISTRY: dict[str, type] = {}
-FAMILIES = ("joint", "pretext", "semi")
+FAMILIES = ("joint", "pretext", "infomax", "semi")
 
 # The pretext tasks' recipe in google/revisiting-self-supervised (config/<task>/imagenet.sh, trainer.py):
 # SGD with momentum 0.9, lr 0.1 × batch/256, weight decay 1e-4, 5 warm-up epochs of 35 (their step

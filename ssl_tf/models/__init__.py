@@ -9,6 +9,7 @@ import keras
 from ssl_tf.models import resnet as _resnet
 from ssl_tf.models.heads import (  # noqa: F401
     classifier_head,
+    cpc_context,
     dino_head,
     eval_head,
     head_prefix,
@@ -18,7 +19,8 @@ from ssl_tf.models.heads import (  # noqa: F401
     pretext_head,
     projection_head,
 )
-from ssl_tf.models.layers import INPUT_MODES, PRECISIONS, compute_dtype, dtype_policy  # noqa: F401
+from ssl_tf.models.layers import INPUT_MODES, NORMS, PRECISIONS, compute_dtype, dtype_policy, normalization  # noqa: F401
+from ssl_tf.models.patch_grid import GridMean, PatchGrid, patch_grid_encoder  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
 from ssl_tf.models.vit import vit_small, vit_tiny
@@ -35,13 +37,15 @@ _REPRESENTATION = re.compile(r"^(stem|block\d+|pooled|fc\d+)$")
 
 
 def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synchronized_bn: bool = False,
-                   input_mode: str = "rgb", precision: str = "float32") -> keras.Model:
+                   input_mode: str = "rgb", precision: str = "float32", norm: str = "batch") -> keras.Model:
     """The backbone ``name``; its output is the pooled feature vector (``.output_shape[-1]`` features).
     ``input_mode='lightness'``: the network sees only the L channel of its RGB input (colorization).
     ``precision='mixed_bfloat16'`` (``'mixed_float16'``): the backbone computes in bfloat16 (float16) with
     float32 variables, and its output is cast back to float32 — heads, losses and probes, built
-    outside, stay float32."""
-    with dtype_policy(precision):
+    outside, stay float32. ``norm='layer'``: layer norm in place of BN (ResNets; CPC v2)."""
+    if norm != "batch" and not name.startswith("resnet"):
+        raise ValueError(f"norm={norm!r}: only the ResNet backbones take another normalisation than BN")
+    with dtype_policy(precision), normalization(norm):
         net = BACKBONES[name](width=width, image_size=image_size, synchronized_bn=synchronized_bn, name=name,
                               input_mode=input_mode)
     if precision == "float32":

@@ -145,3 +145,23 @@ def classifier_head(num_classes: int, input_dim: int, zero_init: bool = False, n
     """A linear classifier as a built Sequential (so ``clone_network`` can copy it for an EMA)."""
     return keras.Sequential([keras.Input((input_dim,)), linear_head(num_classes, zero_init, name=f"{name}_dense")],
                             name=name)
+
+
+def cpc_context(dim: int, hidden: int = 256, blocks: int = 5, name: str = "context") -> keras.Model:
+    """CPC's context network over the [B, G, G, dim] grid of patch vectors (Hénaff et al. 2020,
+    appendix A.2): "a PixelCNN-style" stack of ``blocks`` residual blocks, each
+
+        1×1 conv (hidden) → ReLU → 1×3 conv (hidden) → pad one row on top → 2×1 conv (hidden,
+        valid) → ReLU → 1×1 conv (dim), added to the block's input;
+
+    then a ReLU. The 2×1 convolution over a grid padded on top sees a row and the one above it,
+    nothing below: output row i depends on input rows ≤ i only, so it can predict the rows under it."""
+    grid = keras.Input((None, None, dim))
+    x = grid
+    for i in range(blocks):
+        y = layers.Conv2D(hidden, 1, activation="relu", name=f"b{i}_in")(x)
+        y = layers.Conv2D(hidden, (1, 3), padding="same", name=f"b{i}_row")(y)
+        y = layers.ZeroPadding2D(((1, 0), (0, 0)), name=f"b{i}_pad_top")(y)
+        y = layers.Conv2D(hidden, (2, 1), padding="valid", activation="relu", name=f"b{i}_up")(y)
+        x = layers.Add(name=f"b{i}_add")([x, layers.Conv2D(dim, 1, name=f"b{i}_out")(y)])
+    return keras.Model(grid, layers.ReLU(name="relu")(x), name=name)

@@ -35,6 +35,23 @@ def dtype_policy(name: str):
 BN_MOMENTUM = 0.9   # SimCLR's BATCH_NORM_DECAY
 BN_EPSILON = 1e-5
 INPUT_MODES = ("rgb", "lightness")
+NORMS = ("batch", "layer")
+_norm = ["batch"]
+
+
+@contextlib.contextmanager
+def normalization(kind: str):
+    """Backbones built inside normalise with ``kind``: "batch" (BN), or "layer": layer norm over each
+    example's whole map (H, W, C), with a per-channel scale and offset — GroupNorm with one group
+    (Wu & He 2018, §3.1). CPC v2 (Hénaff et al. 2020, §4.1) replaces BN by layer norm because batch
+    statistics let patches of one image see each other."""
+    if kind not in NORMS:
+        raise ValueError(f"normalization: {kind!r} is not one of {NORMS}")
+    _norm.append(kind)
+    try:
+        yield
+    finally:
+        _norm.pop()
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
@@ -116,6 +133,9 @@ class ChannelSplit(keras.layers.Layer):
 
 
 def bn(name, sync):
+    """The backbones' normalisation layer: BN, or layer norm inside ``normalization("layer")``."""
+    if _norm[-1] == "layer":
+        return keras.layers.GroupNormalization(groups=1, epsilon=BN_EPSILON, name=name)
     return BatchNorm(sync=sync, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 

@@ -148,8 +148,11 @@ class Runner:
     # ------------------------------------------------------------------ building blocks
     def build_encoder(self) -> keras.Model:
         c = self.model_cfg
-        return build_backbone(c.backbone, width=c.width, image_size=c.image_size, synchronized_bn=c.global_bn,
-                              input_mode=self.method.encoder_input, precision=c.precision)
+
+        def backbone(image_size: int, norm: str):
+            return build_backbone(c.backbone, width=c.width, image_size=image_size, synchronized_bn=c.global_bn,
+                                  input_mode=self.method.encoder_input, precision=c.precision, norm=norm)
+        return self.method.make_encoder(backbone, c)
 
     def augment_config(self) -> views.AugmentConfig:
         """The shared augmentation settings and what the method's parameters add (patches, crops …)."""
@@ -175,12 +178,18 @@ class Runner:
         return dataclasses.replace(train, labels=labels)
 
     def classifier_training(self, num_examples: int):
-        """(global batch, optimizer factory) of fine-tuning and distillation: --batch_size capped at
-        the examples, Nesterov SGD at --ft_learning_rate × batch/256 with cosine decay (SimCLR B.5)."""
-        batch = min(self.cfg.batch_size, num_examples // self.replicas * self.replicas)
+        """(global batch, optimizer factory) of fine-tuning and distillation: --ft_batch_size, by default
+        --batch_size made small enough for ``MIN_FT_STEPS`` steps per epoch, and at most the
+        examples; Nesterov SGD at --ft_learning_rate × batch/256 with cosine decay (SimCLR B.5)."""
+        c, r = self.cfg, self.replicas
+        wanted = c.ft_batch_size or min(c.batch_size, max(MIN_FT_BATCH, num_examples // MIN_FT_STEPS))
+        # the chosen batch even per replica: oneDNN (TensorFlow 2.21) corrupts the heap in training steps of
+        # ResNets whose stem has fewer than 16 channels (×0.125 and narrower) at odd batch sizes
+        multiple = r if c.ft_batch_size or wanted < 2 * r else 2 * r
+        batch = max(multiple, min(wanted, num_examples) // multiple * multiple)
 
         def make_optimizer(total, per_epoch, constant=False):
-            lr = optim.scale_learning_rate(self.cfg.ft_learning_rate, batch, "linear")
+            lr = optim.scale_learning_rate(c.ft_learning_rate, batch, "linear")
             return keras.optimizers.SGD(optim.WarmupCosine(lr, 0, total), momentum=0.9, nesterov=True)
         return batch, make_optimizer
 
@@ -259,6 +268,13 @@ class Runner:
         """``write`` ``model`` to ``model_dir/name`` (atomically); other workers than the chief skip."""
         path = os.path.join(self.cfg.model_dir, name)
         return write(model, path, self.cfg.image_size) if self.is_chief else path
+
+
+# Fine-tuning steps per epoch, at least: with 1% of CIFAR-10 (450 labels) a batch of 256 made one step per
+# epoch, 30 steps in all, and left the classifier below the frozen probe on the same labels; a batch of 64
+# (7 steps, 420 in 60 epochs) fine-tuned above it (benchmarks/cifar10_methods.md, label efficiency).
+MIN_FT_STEPS = 8
+MIN_FT_BATCH = 16   # … but batches no smaller than this (batch statistics of a handful of images are noise)
 
 
 def _usable_run_dir(path: str) -> None:

@@ -31,7 +31,7 @@ def run(runner) -> dict:
                                 make_optimizer=make_optimizer, tag="distill", run_info=runner.run_info(phase="distill"))
     summary.update(top1=runner.classifier_top1(model), teacher_top1=runner.classifier_top1(model.teacher_logits),
                    teacher=path, student=f"{c.student_backbone}×{c.student_width}",
-                   temperature=c.distill_temperature, alpha=c.distill_alpha)
+                   temperature=c.distill_temperature, alpha=c.distill_alpha, label_fraction=c.label_fraction)
     runner.results["distill"] = summary
     results.save(runner)
     return summary

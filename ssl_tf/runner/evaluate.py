@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 from ssl_tf import eval as eval_lib
+from ssl_tf.errors import SSLTFError
+from ssl_tf.models import representation_layers
 from ssl_tf.runner import results
 
 
@@ -30,6 +32,9 @@ def linear_eval(runner) -> dict:
         if key == "top1":
             out["train_top1"] = round(res["train_top1"], 2)
             out.update(sizes)
+    # every label fraction this run was probed at, for the label-efficiency table and plot
+    earlier = runner.results.get(f"{c.eval_head}_eval", {}).get("by_fraction", {})
+    out["by_fraction"] = {**earlier, f"{100 * c.label_fraction:g}%": out["top1"]}
     runner.results[f"{c.eval_head}_eval"] = out
     results.save(runner)
     return out
@@ -48,16 +53,28 @@ def knn(runner) -> dict:
 
 
 def layerwise_eval(runner) -> dict:
-    """A probe on every representation layer of the frozen backbone (revisiting paper, Fig. 4)."""
+    """A probe on every representation layer of the frozen backbone (revisiting paper, Fig. 4), and
+    with --random_baseline the same layers of a random-init backbone: a pretext task has learned
+    something where its best layer beats the random backbone's same layer."""
     c = runner.cfg
     train, test = runner.eval_sets("layerwise_eval")
-    rows = eval_lib.layerwise(runner.encoder(), train, test, runner.data.num_classes, image_size=c.image_size,
-                              max_features=c.layerwise_features, head=c.eval_head, epochs=c.eval_epochs,
-                              batch_size=c.eval_batch_size, seed=c.seed, log=runner.log)
+    if not representation_layers(runner.encoder()):
+        raise SSLTFError(f"--mode=layerwise_eval: the --method={c.method} encoder ({runner.encoder().name}) has no "
+                         "named representation layers to probe; use linear_eval or knn")
+    runs = {key: eval_lib.layerwise(make(), train, test, runner.data.num_classes, image_size=c.image_size,
+                                    max_features=c.layerwise_features, head=c.eval_head, epochs=c.eval_epochs,
+                                    batch_size=c.eval_batch_size, seed=c.seed, log=runner.log)
+            for key, make in runner.encoders_to_evaluate()}
+    rows, random_rows = runs["top1"], runs.get("random_init_top1")
+    for row, base in zip(rows, random_rows or ()):
+        row["random_init_top1"] = base["top1"]
+    best = max(rows, key=lambda row: row["top1"])
     plot = eval_lib.plot_layerwise(rows, os.path.join(c.model_dir, "layerwise.png"),
-                                   title=f"{c.method} · {c.backbone}×{c.width} · {c.eval_head} probe", log=runner.log)
+                                   title=f"{c.method} · {c.backbone}×{c.width} · {c.eval_head} probe",
+                                   baseline=random_rows, log=runner.log)
     out = {"head": c.eval_head, "epochs": c.eval_epochs, "max_features": c.layerwise_features,
-           "layers": rows, "plot": plot}
+           "layers": rows, "best": {k: best[k] for k in ("layer", "top1", "random_init_top1") if k in best},
+           "plot": plot}
     runner.log(eval_lib.layerwise_table(rows))
     runner.results["layerwise_eval"] = out
     results.save(runner)

@@ -1,4 +1,6 @@
-"""--mode=report: a Markdown table of --report_runs (default: this model_dir, or its subdirectories)."""
+"""--mode=report: the Markdown tables of --report_runs (default: this model_dir, or its
+subdirectories) in <model_dir>/report.md, and their label-efficiency plot in
+<model_dir>/label_efficiency.png when any run was evaluated below 100% of the labels."""
 from __future__ import annotations
 
 import os
@@ -14,5 +16,8 @@ def run(runner) -> str:
     with open(path, "w") as f:
         f.write(table + "\n")
     runner.log(table)
-    runner.results["report"] = {"path": path, "runs": paths}
+    plot = eval_lib.plot_label_efficiency(eval_lib.label_efficiency_rows(paths),
+                                          os.path.join(c.model_dir, "label_efficiency.png"), log=runner.log) \
+        if c.plots else None
+    runner.results["report"] = {"path": path, "runs": paths, "label_efficiency_plot": plot}
     return table

@@ -114,7 +114,8 @@ def results_table(results: dict) -> str:
     if "layerwise_eval" in results:
         r = results["layerwise_eval"]
         best = max(r["layers"], key=lambda row: row["top1"])
-        rows.append((f"layer-wise {r['head']} probe: best layer", f"{best['layer']} ({best['top1']:.2f})"))
+        random = f", random-init {best['random_init_top1']:.2f}" if "random_init_top1" in best else ""
+        rows.append((f"layer-wise {r['head']} probe: best layer", f"{best['layer']} ({best['top1']:.2f}{random})"))
     for fraction, r in results.get("finetune", {}).items():
         rows.append((f"fine-tune top-1 ({fraction} labels)", f"{r['top1']:.2f}"))
     if "distill" in results:

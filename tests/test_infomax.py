@@ -1,0 +1,238 @@
+"""The mutual-information family: CPC v2's patch grid, per-patch augmentation, masked context
+network, InfoNCE (against NumPy), the objective's indexing in every direction, 2 replicas == 1
+device, its settings' one-line errors, and the patch-grid encoder through the probes and export."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import run_replica_steps
+
+from ssl_tf import distribute
+from ssl_tf.config import Config, resolve
+from ssl_tf.data import ops, patches, pipeline, shapes, views
+from ssl_tf.data.sources import Examples
+from ssl_tf.errors import SSLTFError
+from ssl_tf.losses import cpc_info_nce
+from ssl_tf.methods import METHODS
+from ssl_tf.models import build_backbone, cpc_context, patch_grid_encoder
+from ssl_tf.models.patch_grid import grid_backbone
+
+CFG = views.AugmentConfig(image_size=16, cpc_patch_size=4, cpc_patch_stride=2, color_jitter=0.5)
+
+
+def _examples(n=16):
+    x, y = shapes.generate(n, seed=0, image_size=16)
+    return Examples("t", y, 10, images=x)
+
+
+def _cpc(directions=4, sync=False, **kw):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("resnet18", width=0.0625, image_size=4, norm="layer")
+    encoder = patch_grid_encoder(backbone, 4, 2)
+    return METHODS["cpc_v2"](encoder, 10, grid=7, offsets=(3, 4, 5), directions=directions, context_blocks=2,
+                             context_hidden=8, target_dim=6, **kw)
+
+
+def _batch(n=4, seed=0):
+    fn = views.views_for("cpc_patches", CFG)
+    return next(iter(pipeline.train_stream(_examples(), fn, global_batch=n, seed=seed)))
+
+
+# -- the grid and its augmentation ---------------------------------------------------------------
+
+def test_overlapping_grid_cuts_the_patches_slicing_would():
+    x = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
+    grid = patches.overlapping_grid(tf.constant(x), 4, 2).numpy()
+    assert grid.shape == (2, 7, 7, 4, 4, 3) and patches.overlapping_side(16, 4, 2) == 7
+    for i, j in [(0, 0), (3, 5), (6, 6)]:
+        np.testing.assert_array_equal(grid[:, i, j], x[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4])
+    assert patches.overlapping_side(32, 8, 4) == 7 and patches.overlapping_side(256, 64, 32) == 7   # CPC's 7×7
+
+
+def test_cpc_view_gives_the_grid_of_independently_augmented_patches():
+    image = (np.random.default_rng(1).random([16, 16, 3]) * 255).astype(np.uint8)
+    tiles = views.cpc_patches(tf.constant(image), tf.constant([1, 2]), CFG).numpy()
+    assert tiles.shape == (49, 4, 4, 3) and tiles.min() >= 0 and tiles.max() <= 1 + 1e-6
+    # colour dropping (p = 1): every patch is one channel, the two others flat up to 1/100 noise
+    spread = tiles.reshape(49, 16, 3).std(1)                  # [patch, channel]
+    flat = np.sort(spread, 1)[:, :2] <= 0.03 * np.sort(spread, 1)[:, 2:] + 1e-6
+    assert flat.all()
+    again = views.cpc_patches(tf.constant(image), tf.constant([1, 3]), CFG).numpy()
+    assert not np.allclose(tiles, again)
+
+
+def test_patchwise_ops_act_on_each_patch_alone():
+    tiles = tf.random.stateless_uniform([64, 4, 4, 3], [0, 1])
+    flipped = ops.patchwise_flip(tiles, tf.constant([0, 2])).numpy()
+    same = np.all(flipped == tiles.numpy(), axis=(1, 2, 3))
+    mirrored = np.all(flipped == tiles.numpy()[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(same | mirrored) and 10 < same.sum() < 54            # about half, patch by patch
+    grey = ops.patchwise_grayscale(tiles, tf.constant([0, 3]), 0.5).numpy()
+    is_grey = np.all(np.ptp(grey, axis=-1) < 1e-6, axis=(1, 2))
+    assert 10 < is_grey.sum() < 54
+    dropped = ops.patchwise_color_drop(tiles, tf.constant([0, 4]), 1.0).numpy()
+    kept = np.isclose(dropped, tiles.numpy()).all(axis=(1, 2))            # [patch, channel]
+    assert (kept.sum(1) == 1).all()                                      # exactly one channel survives
+    assert np.array_equal(ops.patchwise_color_drop(tiles, tf.constant([0, 4]), 0.0).numpy(), tiles.numpy())
+
+
+# -- the encoder, the context network, the loss --------------------------------------------------
+
+def test_patch_grid_encoder_is_the_mean_of_the_backbone_over_the_patches():
+    backbone = build_backbone("resnet18", width=0.0625, image_size=4, norm="layer")
+    encoder = patch_grid_encoder(backbone, 4, 2)
+    assert grid_backbone(encoder) is backbone
+    assert not any("BatchNorm" in type(layer).__name__ for layer in backbone.layers)      # CPC v2: layer norm
+    x = np.random.default_rng(0).random([3, 16, 16, 3]).astype(np.float32)
+    want = np.stack([np.mean([backbone(x[n:n + 1, 2 * i:2 * i + 4, 2 * j:2 * j + 4]).numpy()[0]
+                              for i in range(7) for j in range(7)], 0) for n in range(3)])
+    np.testing.assert_allclose(encoder(x).numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not a patch-grid encoder"):
+        grid_backbone(backbone)
+
+
+def test_context_network_sees_no_row_below():
+    net = cpc_context(5, hidden=8, blocks=3)
+    x = np.random.default_rng(0).normal(size=[2, 7, 7, 5]).astype(np.float32)
+    base = net(x).numpy()
+    for row in range(1, 7):
+        y = x.copy()
+        y[:, row:] += np.random.default_rng(row).normal(size=y[:, row:].shape)
+        out = net(y).numpy()
+        np.testing.assert_array_equal(out[:, :row], base[:, :row])       # rows above: untouched
+        assert np.abs(out[:, row] - base[:, row]).max() > 1e-4            # its own row: seen
+    # and a context row sees the rows above it (up to ``blocks`` rows up)
+    y = x.copy()
+    y[:, 2] += 1.0
+    assert np.abs(net(y).numpy()[:, 5] - base[:, 5]).max() > 1e-4
+
+
+def _np_info_nce(pred, targets, positive):
+    logits = pred @ targets.T
+    logits = logits - logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -logp[np.arange(len(pred)), positive].mean()
+
+
+def test_cpc_info_nce_matches_numpy_value_and_gradient():
+    rng = np.random.default_rng(0)
+    pred, targets = rng.normal(size=[6, 4]).astype(np.float32), rng.normal(size=[10, 4]).astype(np.float32)
+    positive = rng.integers(0, 10, 6)
+    p = tf.Variable(pred)
+    with tf.GradientTape() as tape:
+        out = cpc_info_nce(p, tf.constant(targets), positive)
+    np.testing.assert_allclose(out.loss.numpy(), _np_info_nce(pred, targets, positive), rtol=1e-5)
+    logits = pred @ targets.T
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    want = (soft @ targets - targets[positive]) / len(pred)             # ∂/∂ẑ of the mean −log softmax
+    np.testing.assert_allclose(tape.gradient(out.loss, p).numpy(), want, rtol=1e-4, atol=1e-6)
+    assert np.isclose(out.accuracy.numpy(), np.mean(logits.argmax(1) == positive))
+
+
+@pytest.mark.parametrize("directions", [1, 4])
+def test_cpc_objective_predicts_the_rows_below_in_every_turned_grid(directions):
+    """The objective against a NumPy loop over images, rows, columns, offsets and turns, built from
+    the model's own sub-networks: wrong positives, offsets or rotations change the number."""
+    model = _cpc(directions)
+    batch = _batch()
+    got = model.objective(batch, training=False)
+    grid = model.patch_vectors(batch["views"], False).numpy()              # [b, 7, 7, F]
+    z = model.target_proj(grid).numpy()
+    total = 0.0
+    for t, predictors in zip(model.turns, model.predictors):
+        g_t, z_t = np.rot90(grid, t, axes=(1, 2)), np.rot90(z, t, axes=(1, 2))
+        context = model.context(np.ascontiguousarray(g_t)).numpy()
+        targets = z_t.reshape(-1, z.shape[-1])
+        for k, predict in zip(model.offsets, predictors):
+            preds, positive = [], []
+            for n in range(grid.shape[0]):
+                for i in range(7 - k):
+                    for j in range(7):
+                        preds.append(0.1 * predict(context[n:n + 1, i, j]).numpy()[0])
+                        positive.append(n * 49 + (i + k) * 7 + j)
+            total += _np_info_nce(np.array(preds), targets, np.array(positive))
+    np.testing.assert_allclose(got.loss.numpy(), total, rtol=1e-4)
+    assert got.features.shape == (4, grid.shape[-1]) and got.embeddings.shape == (4 * 49, 6)
+    np.testing.assert_allclose(got.features.numpy(), grid.mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_cpc_loss_falls_on_a_fixed_batch():
+    model = _cpc(2)
+    batch = _batch()
+    model.build_with(batch, keras.optimizers.Adam(3e-3))
+    step = tf.function(model.train_step)
+    losses = [float(step(batch)["loss"]) for _ in range(25)]
+    # from chance (6 tasks × ln 196 = 31.7): the 0.1-scaled predictions start near it and leave it slowly
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.15, losses
+
+
+def test_two_replicas_match_one_device():
+    """Negatives are gathered over replicas: the same global batch gives the same loss and update."""
+    ex = _examples()
+    fn = views.views_for("cpc_patches", CFG)
+
+    def train(strategy, init=None):
+        batch = next(iter(pipeline.train_stream(ex, fn, global_batch=4, seed=0)))
+        with strategy.scope():
+            model = _cpc(2)
+            model.build_with(batch, keras.optimizers.SGD(0.01, momentum=0.9))
+            if init is not None:
+                model.set_weights(init)
+        start = [w.copy() for w in model.get_weights()]
+        return start, run_replica_steps(strategy, model, ex, fn, 4, 2), model.get_weights()
+
+    init, one_logs, one_w = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    _, two_logs, two_w = train(distribute.make_strategy("mirrored"), init)
+    for a, b in zip(one_logs, two_logs):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(one_w, init)) > 1e-4
+    for a, b in zip(one_w, two_w):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings,flag", [
+    (dict(image_size=16, cpc_patch_size=20), "--cpc_patch_size=20"),
+    (dict(image_size=16, cpc_predict_steps=5), "--cpc_predict_steps=5"),
+    (dict(image_size=16, cpc_directions=3), "--cpc_directions=3"),
+    (dict(image_size=16, backbone="vit_tiny"), "--cpc_layer_norm=True"),
+    (dict(image_size=16, cpc_color_drop=1.5), "--cpc_color_drop=1.5"),
+])
+def test_cpc_settings_refuse_what_cannot_work_in_one_line(settings, flag):
+    with pytest.raises(SSLTFError) as e:
+        resolve(Config(method="cpc_v2", dataset="shapes", **settings))
+    assert str(e.value).startswith(flag) and "\n" not in str(e.value)
+
+
+def test_cpc_defaults_follow_the_paper_at_the_image_size():
+    cfg = resolve(Config(method="cpc_v2", dataset="shapes", image_size=32))
+    p = cfg.params
+    assert (p.cpc_patch_size, p.cpc_patch_stride, p.cpc_skip_steps, p.cpc_predict_steps) == (8, 4, 2, 3)
+    assert (p.cpc_directions, p.cpc_context_blocks, p.cpc_target_dim, p.cpc_layer_norm) == (4, 5, 64, True)
+    big = resolve(Config(method="cpc_v2", dataset="shapes", image_size=256)).params
+    assert (big.cpc_patch_size, big.cpc_patch_stride) == (64, 32)                 # CPC's 7×7 grid at 256 px
+
+
+@pytest.mark.slow
+def test_cpc_v2_end_to_end_probes_fine_tunes_and_exports_the_grid_mean(cli, tmp_path):
+    run = str(tmp_path / "run")
+    out = cli("--method=cpc_v2", "--dataset=shapes:48,24", "--image_size=16", "--width=0.0625", "--batch_size=8",
+              "--epochs=1", "--cpc_context_hidden=16", "--mode=pretrain,linear_eval,knn,finetune,export",
+              "--eval_epochs=2", "--ft_epochs=1", "--progress=false", "--plots=false", f"--model_dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert res["pretrain"]["steps"] == 6 and "cpc_acc" in res["pretrain"]["final"]
+    assert 0 <= res["linear_eval"]["top1"] <= 100 and 0 <= res["finetune"]["100%"]["top1"] <= 100
+    loaded = tf.saved_model.load(res["export"]["path"])
+    images = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
+    feats = list(loaded.signatures["serving_default"](tf.constant(images)).values())[0]
+    assert feats.shape == (2, res["export"]["feature_dim"])
+    layerwise = cli("--method=cpc_v2", "--dataset=shapes:48,24", "--image_size=16", "--width=0.0625",
+                    "--cpc_context_hidden=16", "--mode=layerwise_eval", f"--model_dir={run}")
+    assert layerwise.returncode == 2 and "--mode=layerwise_eval" in layerwise.stderr
+    assert "Traceback" not in layerwise.stderr
