@@ -239,3 +239,6 @@ def test_finetune_distill_fixmatch_plots_and_report(cli, tmp_path):
     assert by[("simclr", "fine-tune")] == [f"{simclr['finetune']['50%']['top1']:.2f}", "–"]
     assert by[("simclr", "linear")] == ["–", f"{simclr['linear_eval']['top1']:.2f}"]
     assert by[("fixmatch", "fixmatch (EMA)")] == [f"{_results(b)['pretrain']['ema_top1']:.2f}", "–"]
+    plotted = cli("--mode=report", f"--report_runs={a},{b}", f"--model_dir={tmp_path / 'report'}")
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert os.path.getsize(tmp_path / "report" / "label_efficiency.png") > 1000

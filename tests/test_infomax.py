@@ -15,7 +15,7 @@ from ssl_tf.config import Config, resolve
 from ssl_tf.data import ops, patches, pipeline, shapes, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
-from ssl_tf.losses import cpc_info_nce
+from ssl_tf.losses import MI_ESTIMATORS, cpc_info_nce
 from ssl_tf.methods import METHODS
 from ssl_tf.models import build_backbone, cpc_context, patch_grid_encoder
 from ssl_tf.models.patch_grid import grid_backbone
@@ -236,3 +236,138 @@ def test_cpc_v2_end_to_end_probes_fine_tunes_and_exports_the_grid_mean(cli, tmp_
                     "--cpc_context_hidden=16", "--mode=layerwise_eval", f"--model_dir={run}")
     assert layerwise.returncode == 2 and "--mode=layerwise_eval" in layerwise.stderr
     assert "Traceback" not in layerwise.stderr
+
+
+# -- Deep InfoMax --------------------------------------------------------------------------------
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _np_mi(scores, estimator, offset):
+    """DIM's three estimators (Hjelm et al. 2019, eqs. 2, 4, 5) by loops over the pairs."""
+    n, big_n, m = scores.shape
+    pos = np.array([[scores[i, offset + i, loc] for loc in range(m)] for i in range(n)])
+    neg = np.array([scores[i, j, loc] for i in range(n) for j in range(big_n) if j != offset + i
+                    for loc in range(m)])
+    if estimator == "jsd":
+        return np.mean(-_softplus(-pos)) - np.mean(_softplus(neg))
+    if estimator == "dv":
+        return np.mean(pos) - np.log(np.mean(np.exp(neg)))
+    total = []
+    for i in range(n):
+        others = [scores[i, j, loc] for j in range(big_n) if j != offset + i for loc in range(m)]
+        for loc in range(m):
+            logits = np.array([pos[i, loc]] + others)
+            total.append(pos[i, loc] - np.log(np.sum(np.exp(logits))))
+    return np.mean(total)
+
+
+@pytest.mark.parametrize("estimator", MI_ESTIMATORS)
+def test_dim_estimators_match_numpy_value_and_gradient(estimator):
+    from ssl_tf.losses import mi_lower_bound, pair_scores
+    rng = np.random.default_rng(1)
+    g, local = rng.normal(size=[3, 5]), rng.normal(size=[6, 4, 5])        # 3 local globals, 6 gathered images
+    scores = np.einsum("id,jld->ijl", g, local)
+    np.testing.assert_allclose(pair_scores(tf.constant(g), tf.constant(local)).numpy(), scores, rtol=1e-6)
+    s = tf.Variable(scores)
+    with tf.GradientTape() as tape:
+        value = mi_lower_bound(s, estimator, offset=3)                     # this replica's images are 3, 4, 5
+    np.testing.assert_allclose(value.numpy(), _np_mi(scores, estimator, 3), rtol=1e-6)
+    grad, eps = tape.gradient(value, s).numpy(), 1e-6
+    for idx in [(0, 3, 1), (2, 5, 3), (1, 0, 2), (0, 4, 0)]:               # positives and negatives
+        up, down = scores.copy(), scores.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        numeric = (_np_mi(up, estimator, 3) - _np_mi(down, estimator, 3)) / (2 * eps)
+        np.testing.assert_allclose(grad[idx], numeric, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="estimator"):
+        mi_lower_bound(s, "mine", 0)
+
+
+def test_dim_prior_matching_losses_and_the_frozen_discriminator():
+    from ssl_tf.losses import discriminator_loss, generator_loss
+    from ssl_tf.methods.deep_infomax import frozen
+    from ssl_tf.models import prior_discriminator
+    real, fake = np.array([[2.0], [-1.0]]), np.array([[0.5], [3.0], [-2.0]])
+    np.testing.assert_allclose(discriminator_loss(real, fake).numpy(),
+                               _softplus(-real).mean() + _softplus(fake).mean(), rtol=1e-6)
+    np.testing.assert_allclose(generator_loss(fake).numpy(), _softplus(-fake).mean(), rtol=1e-6)
+    d = prior_discriminator()
+    x = tf.Variable(tf.random.uniform([4, 6]))
+    d(x)
+    with tf.GradientTape(persistent=True) as tape:
+        held, live = generator_loss(frozen(d, x)), generator_loss(d(x))
+    np.testing.assert_allclose(held.numpy(), live.numpy(), rtol=1e-6)                 # the same function …
+    assert all(g is None for g in tape.gradient(held, d.trainable_variables))         # … that cannot move D
+    np.testing.assert_allclose(tape.gradient(held, x).numpy(), tape.gradient(live, x).numpy(), rtol=1e-5)
+
+
+def _dim(sync=False, **kw):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("resnet18", width=0.25, image_size=16, synchronized_bn=sync)
+    return METHODS["deep_infomax"](backbone, 10, mi_units=16, global_dim=8, image_size=16, synchronized_bn=sync,
+                                   **kw)
+
+
+def _dim_batch(n=4):
+    return next(iter(pipeline.train_stream(_examples(), views.views_for("crop_flip", CFG), global_batch=n, seed=0)))
+
+
+def test_dim_objective_is_the_estimate_on_its_own_embeddings():
+    model = _dim(estimator="infonce", alpha=0.5, gamma=0.0)
+    batch = _dim_batch()
+    got = model.objective(batch, training=False)
+    local_map, h = model.maps(batch["views"], training=False)
+    y = model.global_head(h).numpy()
+    g = model.global_mi(y).numpy()
+    c = local_map.shape[-1]
+    local = model.local_mi(local_map.numpy().reshape(-1, c)).numpy().reshape(4, -1, g.shape[-1])
+    whole = model.map_mi(local_map.numpy().reshape(4, -1)).numpy()[:, None]
+    want = -_np_mi(np.einsum("id,jld->ijl", g, local), "infonce", 0) \
+        - 0.5 * _np_mi(np.einsum("id,jld->ijl", g, whole), "infonce", 0)
+    np.testing.assert_allclose(got.loss.numpy(), want, rtol=1e-4)
+    assert local.shape[1] == 16                                              # block3 at 16 px: a 4×4 map
+
+
+def test_dim_learns_on_a_fixed_batch_with_its_prior():
+    model = _dim()
+    batch = _dim_batch(8)
+    model.build_with(batch, keras.optimizers.Adam(1e-3))
+    step = tf.function(model.train_step)
+    logs = [step(batch) for _ in range(15)]
+    mi = [float(x["local_mi"]) for x in logs]
+    assert np.all(np.isfinite(mi)) and np.mean(mi[-3:]) > np.mean(mi[:3]) + 0.05, mi     # the bound rises
+    assert "prior_d_loss" in logs[-1]
+
+
+def test_dim_two_replicas_match_one_device():
+    ex = _examples()
+    fn = views.views_for("crop_flip", CFG)
+
+    def train(strategy, init=None):
+        batch = next(iter(pipeline.train_stream(ex, fn, global_batch=4, seed=0)))
+        with strategy.scope():
+            model = _dim(sync=True, gamma=0.0)      # the prior's uniform draws differ per replica by design
+            model.build_with(batch, keras.optimizers.SGD(0.01, momentum=0.9))
+            if init is not None:
+                model.set_weights(init)
+        start = [w.copy() for w in model.get_weights()]
+        return start, run_replica_steps(strategy, model, ex, fn, 4, 2), model.get_weights()
+
+    init, one_logs, one_w = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    _, two_logs, two_w = train(distribute.make_strategy("mirrored"), init)
+    for a, b in zip(one_logs, two_logs):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(one_w, two_w):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_dim_refuses_a_layer_its_backbone_lacks_in_one_line():
+    with pytest.raises(SSLTFError) as e:
+        _dim(local_layer="block9")
+    assert str(e.value).startswith("--dim_local_layer=block9") and "block3" in str(e.value)
+    with pytest.raises(SSLTFError, match="--dim_beta"):
+        resolve(Config(method="deep_infomax", dataset="shapes", dim_beta=0.0))
+    with pytest.raises(SSLTFError, match="--dim_estimator=mine"):
+        resolve(Config(method="deep_infomax", dataset="shapes", dim_estimator="mine"))

@@ -11,7 +11,14 @@ from ssl_tf.losses.contrastive import (  # noqa: F401
     queue_cross_entropy,
 )
 from ssl_tf.losses.dino import dino_loss, linear_soft_cross_entropy, updated_center  # noqa: F401
-from ssl_tf.losses.infomax import cpc_info_nce  # noqa: F401
+from ssl_tf.losses.infomax import (  # noqa: F401
+    MI_ESTIMATORS,
+    cpc_info_nce,
+    discriminator_loss,
+    generator_loss,
+    mi_lower_bound,
+    pair_scores,
+)
 from ssl_tf.losses.redundancy import barlow_lambda, barlow_twins_loss, vicreg_loss, vicreg_terms  # noqa: F401
 from ssl_tf.losses.semi import (  # noqa: F401
     distillation_loss,

@@ -14,9 +14,11 @@ from ssl_tf.models.heads import (  # noqa: F401
     eval_head,
     head_prefix,
     linear_head,
+    mi_embedding,
     mlp,
     mlp_head,
     pretext_head,
+    prior_discriminator,
     projection_head,
 )
 from ssl_tf.models.layers import INPUT_MODES, NORMS, PRECISIONS, compute_dtype, dtype_policy, normalization  # noqa: F401

@@ -165,3 +165,24 @@ def cpc_context(dim: int, hidden: int = 256, blocks: int = 5, name: str = "conte
         y = layers.Conv2D(hidden, (2, 1), padding="valid", activation="relu", name=f"b{i}_up")(y)
         x = layers.Add(name=f"b{i}_add")([x, layers.Conv2D(dim, 1, name=f"b{i}_out")(y)])
     return keras.Model(grid, layers.ReLU(name="relu")(x), name=name)
+
+
+def mi_embedding(input_dim: int, units: int = 2048, synchronized_bn: bool = False,
+                 name: str = "mi_embedding") -> keras.Model:
+    """Deep InfoMax's encode-and-dot-product embedding (Hjelm et al. 2019, appendix A.2; rdevon/DIM
+    ``MI1x1ConvNet``): Dense(units) → BN → ReLU → Dense(units), plus a linear shortcut Dense(units),
+    then layer norm. On the last axis it is a 1×1 convolution of a local map or an MLP of a vector;
+    DIM scores a pair by the dot product of the two embeddings."""
+    x = keras.Input((input_dim,))
+    y = layers.Dense(units, use_bias=False, name="dense0")(x)
+    y = layers.ReLU(name="relu0")(BatchNorm(sync=synchronized_bn, momentum=0.9, epsilon=1e-5, name="bn0")(y))
+    y = layers.Dense(units, name="dense1")(y)
+    y = layers.Add(name="add")([y, layers.Dense(units, use_bias=False, name="shortcut")(x)])
+    return keras.Model(x, layers.LayerNormalization(name="ln")(y), name=name)
+
+
+def prior_discriminator(name: str = "prior_discriminator") -> keras.Sequential:
+    """Deep InfoMax's prior discriminator (rdevon/DIM ``models/discriminator.py``): 1000 → 200 → 1, ReLU."""
+    return keras.Sequential([layers.Dense(1000, activation="relu", name="dense0"),
+                             layers.Dense(200, activation="relu", name="dense1"), layers.Dense(1, name="logit")],
+                            name=name)
