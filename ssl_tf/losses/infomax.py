@@ -1,5 +1,5 @@
 """The mutual-information (InfoMax) objectives as pure functions of tensors: CPC's InfoNCE, Deep
-InfoMax's three estimators and its prior matching."""
+InfoMax's three estimators and its prior matching, AMDIM's clipped NCE across scales."""
 from __future__ import annotations
 
 import tensorflow as tf
@@ -74,3 +74,20 @@ def discriminator_loss(real_logits, fake_logits):
 def generator_loss(fake_logits):
     """… and the encoder's (non-saturating) side: mean sp(−D(σ(y))), pulling σ(y) towards the prior."""
     return tf.reduce_mean(tf.nn.softplus(-fake_logits))
+
+
+# ---------------------------------------------------------------- AMDIM (Bachman et al. 2019)
+def amdim_nce(sources, targets, offset=0, clip: float = 20.0, reg_weight: float = 0.05):
+    """AMDIM's NCE between feature scales (Bachman, Hjelm & Buchwalter 2019, §3.2–3.3; amdim-public
+    ``costs.py``): ``sources`` [n, D] (one view's global vectors, or one location of its local map) and
+    ``targets`` [N, M, D] (every location of the other view's map, for every image of the global batch).
+
+        s[i, j, m] = ⟨src_i, trg_{j,m}⟩ / √D,     ŝ = c·tanh(s / c)    (soft clipping, c = ``clip``)
+
+    Each of image i's own M locations is a positive, every location of the other images a negative:
+    l(i, m) = −(ŝ[i, i, m] − log(e^ŝ[i,i,m] + Σ_{j≠i, m'} e^ŝ[i,j,m'])), the InfoNCE of
+    ``mi_lower_bound`` on the clipped scores. Returns (mean l, ``reg_weight`` · mean s², the penalty on
+    the raw scores that keeps them small)."""
+    raw = pair_scores(sources, targets) / tf.sqrt(tf.cast(tf.shape(sources)[-1], sources.dtype))
+    clipped = clip * tf.tanh(raw / clip)
+    return -mi_lower_bound(clipped, "infonce", offset), reg_weight * tf.reduce_mean(tf.square(raw))
