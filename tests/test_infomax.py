@@ -351,14 +351,19 @@ def test_dim_two_replicas_match_one_device():
     _one_device_and_two_replicas_agree(lambda: _dim(sync=True, gamma=0.0), "crop_flip")
 
 
-def test_dim_refuses_a_layer_its_backbone_lacks_in_one_line():
+@pytest.mark.parametrize("make,flag,settings", [
+    (lambda: _dim(local_layer="block9"), "--dim_local_layer=block9", dict(method="deep_infomax", dim_beta=0.0)),
+    (lambda: _amdim(large_layer="conv9"), "--amdim_large_layer=conv9", dict(method="amdim", amdim_clip=0.0)),
+])
+def test_dim_and_amdim_refuse_a_layer_their_backbone_lacks_in_one_line(make, flag, settings):
     with pytest.raises(SSLTFError) as e:
-        _dim(local_layer="block9")
-    assert str(e.value).startswith("--dim_local_layer=block9") and "block3" in str(e.value)
-    with pytest.raises(SSLTFError, match="--dim_beta"):
-        resolve(Config(method="deep_infomax", dataset="shapes", dim_beta=0.0))
-    with pytest.raises(SSLTFError, match="--dim_estimator=mine"):
-        resolve(Config(method="deep_infomax", dataset="shapes", dim_estimator="mine"))
+        make()
+    assert str(e.value).startswith(flag) and "block3" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SSLTFError, match=f"--{list(settings)[1]}="):
+        resolve(Config(dataset="shapes", **settings))
+    if settings["method"] == "deep_infomax":
+        with pytest.raises(SSLTFError, match="--dim_estimator=mine"):
+            resolve(Config(method="deep_infomax", dataset="shapes", dim_estimator="mine"))
 
 
 # -- AMDIM ---------------------------------------------------------------------------------------
@@ -425,11 +430,3 @@ def test_amdim_learns_on_a_fixed_batch():
 
 def test_amdim_two_replicas_match_one_device():
     _one_device_and_two_replicas_agree(lambda: _amdim(sync=True), "two_views")
-
-
-def test_amdim_refuses_a_layer_its_backbone_lacks_in_one_line():
-    with pytest.raises(SSLTFError) as e:
-        _amdim(large_layer="conv9")
-    assert str(e.value).startswith("--amdim_large_layer=conv9") and "block3" in str(e.value)
-    with pytest.raises(SSLTFError, match="--amdim_clip=0"):
-        resolve(Config(method="amdim", dataset="shapes", amdim_clip=0.0))

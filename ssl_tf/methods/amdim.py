@@ -17,11 +17,10 @@ import keras
 import tensorflow as tf
 
 from ssl_tf import distribute
-from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import amdim_nce
-from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.base import Objective, SSLMethod, feature_map
 from ssl_tf.methods.settings import MethodParams, check, param, register
-from ssl_tf.models import mi_embedding, representation_layers
+from ssl_tf.models import mi_embedding
 
 
 @register("amdim", family="infomax")
@@ -56,13 +55,9 @@ class AMDIM(SSLMethod):
     def __init__(self, encoder, num_classes=0, small_layer="block4", large_layer="block3", rkhs=1024, clip=20.0,
                  reg=0.05, synchronized_bn=False, seed=0, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
-        names = [n for n in representation_layers(encoder) if n != "pooled"]
-        for flag, layer in (("amdim_small_layer", small_layer), ("amdim_large_layer", large_layer)):
-            if layer not in names:
-                raise SSLTFError(f"--{flag}={layer}: the {encoder.name} backbone has no such layer; accepted: "
-                                 f"{', '.join(names)}")
         self.clip, self.reg, self.seed = clip, reg, seed
-        small, large = encoder.get_layer(small_layer).output, encoder.get_layer(large_layer).output
+        small = feature_map(encoder, small_layer, "amdim_small_layer")
+        large = feature_map(encoder, large_layer, "amdim_large_layer")
         self.maps = keras.Model(encoder.input, [encoder.output, small, large])
         self.global_embed = mi_embedding(encoder.output_shape[-1], rkhs, synchronized_bn, name="global_rkhs")
         self.small_embed = mi_embedding(small.shape[-1], rkhs, synchronized_bn, name="small_rkhs")

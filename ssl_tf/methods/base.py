@@ -33,7 +33,7 @@ from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
-from ssl_tf.models import linear_head
+from ssl_tf.models import linear_head, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.optim import loss_scale as scaling
 
@@ -60,6 +60,16 @@ def effective_rank(z):
     s = tf.linalg.svd(tf.math.l2_normalize(tf.cast(z, tf.float32), -1), compute_uv=False)
     p = s / tf.maximum(tf.reduce_sum(s), 1e-12) + 1e-12
     return tf.exp(-tf.reduce_sum(p * tf.math.log(p)))
+
+
+def feature_map(encoder: keras.Model, layer: str, flag: str):
+    """The symbolic output of ``encoder``'s representation layer ``layer`` (a local feature map for Deep
+    InfoMax, AMDIM), or a one-line error naming ``--flag`` and the layers there are."""
+    names = [n for n in representation_layers(encoder) if n != "pooled"]
+    if layer not in names:
+        raise SSLTFError(f"--{flag}={layer}: the {encoder.name} backbone has no such layer; accepted: "
+                         f"{', '.join(names)}")
+    return encoder.get_layer(layer).output
 
 
 def clone_network(network: keras.Model, sync_bn: bool | None = None, name: str | None = None) -> keras.Model:

@@ -17,11 +17,10 @@ import keras
 import tensorflow as tf
 
 from ssl_tf import distribute
-from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import MI_ESTIMATORS, discriminator_loss, generator_loss, mi_lower_bound, pair_scores
-from ssl_tf.methods.base import Objective, SSLMethod
+from ssl_tf.methods.base import Objective, SSLMethod, feature_map
 from ssl_tf.methods.settings import MethodParams, check, param, register
-from ssl_tf.models import mi_embedding, prior_discriminator, representation_layers
+from ssl_tf.models import mi_embedding, prior_discriminator
 
 
 def frozen(sequential: keras.Sequential, x):
@@ -68,12 +67,8 @@ class DeepInfoMax(SSLMethod):
                  estimator="jsd", alpha=0.0, beta=1.0, gamma=0.1, image_size=32, synchronized_bn=False, seed=0,
                  **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
-        names = [n for n in representation_layers(encoder) if n != "pooled"]
-        if local_layer not in names:
-            raise SSLTFError(f"--dim_local_layer={local_layer}: the {encoder.name} backbone has no such layer; "
-                             f"accepted: {', '.join(names)}")
         self.estimator, self.alpha, self.beta, self.gamma, self.seed = estimator, alpha, beta, gamma, seed
-        self.maps = keras.Model(encoder.input, [encoder.get_layer(local_layer).output, encoder.output])
+        self.maps = keras.Model(encoder.input, [feature_map(encoder, local_layer, "dim_local_layer"), encoder.output])
         _, height, width, channels = self.maps(tf.zeros([1, image_size, image_size, 3]))[0].shape
         self.global_head = keras.layers.Dense(global_dim, name="global_vector")
         self.local_mi = mi_embedding(channels, mi_units, synchronized_bn, name="local_mi")
