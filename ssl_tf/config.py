@@ -23,8 +23,8 @@ from ssl_tf.errors import SSLTFError, check as _check
 
 MODES = ("pretrain", "linear_eval", "knn", "layerwise_eval", "finetune", "distill", "export", "report")
 ALL_MODES = ("pretrain", "linear_eval", "knn", "export")   # what --mode=all runs (finetune, layerwise: ask)
-BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet18v2", "resnet34v2", "resnet50v2", "revnet50", "vgg19",
-                  "vit_tiny", "vit_small")
+BACKBONE_NAMES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet10v2", "resnet18v2", "resnet34v2",
+                  "resnet50v2", "revnet50", "vgg19", "vit_tiny", "vit_small")
 EVAL_HEADS = ("linear", "mlp")
 JIT_CHOICES = ("auto", "true", "false")
 

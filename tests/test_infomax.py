@@ -8,9 +8,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_replica_steps
+from helpers import one_device_and_two_replicas_agree
 
-from ssl_tf import distribute
 from ssl_tf.config import Config, resolve
 from ssl_tf.data import ops, patches, pipeline, shapes, views
 from ssl_tf.data.sources import Examples
@@ -171,28 +170,7 @@ def test_cpc_loss_falls_on_a_fixed_batch():
 
 
 def _one_device_and_two_replicas_agree(make_model, recipe):
-    """Train ``make_model()`` 2 steps on a global batch of 4 on one device and on 2 replicas from the same
-    weights: the negatives are gathered over replicas, so losses and every weight agree."""
-    ex = _examples()
-    fn = views.views_for(recipe, CFG)
-
-    def train(strategy, init=None):
-        batch = next(iter(pipeline.train_stream(ex, fn, global_batch=4, seed=0)))
-        with strategy.scope():
-            model = make_model()
-            model.build_with(batch, keras.optimizers.SGD(0.01, momentum=0.9))
-            if init is not None:
-                model.set_weights(init)
-        start = [w.copy() for w in model.get_weights()]
-        return start, run_replica_steps(strategy, model, ex, fn, 4, 2), model.get_weights()
-
-    init, one_logs, one_w = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    _, two_logs, two_w = train(distribute.make_strategy("mirrored"), init)
-    for a, b in zip(one_logs, two_logs):
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
-    assert max(float(np.abs(a - b).max()) for a, b in zip(one_w, init)) > 1e-4
-    for a, b in zip(one_w, two_w):   # float32 rounding of BN on 2-image replica batches: ~2e-5 after 2 steps
-        np.testing.assert_allclose(a, b, atol=5e-5)
+    one_device_and_two_replicas_agree(make_model, views.views_for(recipe, CFG), _examples())
 
 
 def test_two_replicas_match_one_device():

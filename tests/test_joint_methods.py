@@ -11,8 +11,7 @@ from ssl_tf import config, distribute
 from ssl_tf.data import pipeline, shapes, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.methods import METHODS
-from ssl_tf.methods.base import clone_network, effective_rank, ema_pairs, ema_update, encode_views
-from ssl_tf.methods.npid import updated_rows
+from ssl_tf.methods.base import clone_network, effective_rank, ema_pairs, ema_update, encode_views, updated_rows
 from ssl_tf.models import build_backbone, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.runner import collapse_warning
@@ -238,19 +237,19 @@ def test_dino_teacher_temperature_warms_up_linearly():
 def test_npid_bank_rows_move_as_the_formula_says():
     model, batch = _built("npid")
     index = batch["index"].numpy()
-    bank = model.bank.numpy().copy()
+    bank = model.bank.rows.numpy().copy()
     f = tf.math.l2_normalize(model.head(model.encoder(batch["views"], training=True)), -1).numpy()
     model.train_step(batch)
-    after = model.bank.numpy()
+    after = model.bank.rows.numpy()
     expected = 0.5 * bank[index] + 0.5 * f
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(after[index], expected, rtol=1e-4, atol=1e-5)
     others = np.setdiff1d(np.arange(32), index)
     np.testing.assert_array_equal(after[others], bank[others])
-    assert float(model.z.numpy()) > 0           # Z estimated on the first batch, then fixed
-    z = float(model.z.numpy())
+    assert float(model.bank.z.numpy()) > 0           # Z estimated on the first batch, then fixed
+    z = float(model.bank.z.numpy())
     model.train_step(batch)
-    assert float(model.z.numpy()) == z
+    assert float(model.bank.z.numpy()) == z
     np.testing.assert_allclose(updated_rows(bank[:2], f[:2], 0.5).numpy(),
                                (bank[:2] + f[:2]) / np.linalg.norm(bank[:2] + f[:2], axis=1, keepdims=True),
                                rtol=1e-5)

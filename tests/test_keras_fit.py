@@ -13,7 +13,7 @@ from ssl_tf.data import views
 from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
 from ssl_tf.methods import METHODS
-from ssl_tf.models import build_backbone
+from ssl_tf.models import backbone_builder, build_backbone
 
 SMALL = dict(proj_hidden=16, pred_hidden=16, proj_dim=16, dino_out_dim=32, queue_size=16, nce_k=8, head_hidden=16,
              embed_dim=16, num_permutations=10, num_local_crops=2, num_exemplar_copies=2, mu=2,
@@ -31,8 +31,7 @@ def _method(name, data):
     keras.utils.set_random_seed(0)
     c = resolve(Config(method=name, dataset="npz:x", image_size=16, width=0.0625, batch_size=8, **SMALL), 16)
     cls = METHODS[name]
-    encoder = cls.make_encoder(lambda size, norm: build_backbone("resnet18", width=0.0625, image_size=size, norm=norm,
-                                                                 input_mode=cls.encoder_input), c)
+    encoder = cls.make_encoder(backbone_builder("resnet18", width=0.0625, input_mode=cls.encoder_input), c)
     method = METHODS[name].from_config(c, encoder, data.num_classes, num_examples=len(data))
     if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
         method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)

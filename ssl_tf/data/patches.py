@@ -88,6 +88,13 @@ def permute_and_concat(embeddings, perms):
     return tf.reshape(gathered, [n * m, k * f])
 
 
+def shuffled_tiles(embeddings, keys):
+    """[b, T, F] -> [b, T, F]: each image's T tile embeddings sorted by its own random ``keys`` [b, T]
+    (uniform draws give a uniform order per image; PIRL concatenates its tiles so, and cannot learn
+    where a tile was)."""
+    return tf.gather(embeddings, tf.argsort(keys, axis=-1), batch_dims=1)
+
+
 # ----------------------------------------------------------------- the permutation set
 def hamming_permutations(count: int, length: int = GRID * GRID, seed: int = 0) -> np.ndarray:
     """``count`` permutations of ``length`` chosen greedily for maximal Hamming distance.

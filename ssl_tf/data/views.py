@@ -25,6 +25,7 @@ class AugmentConfig:
     patch_size: int = 16                            # side of a grid patch (revisiting: 64 at 224 px)
     patch_jitter: float = 21 / 85                   # random gap, fraction of a cell (revisiting)
     patch_grayscale_p: float = 0.66                 # else green-magenta projection (chromatic guard)
+    jigsaw_crop_scale: tuple[float, float] = (0.6, 1.0)   # PIRL's crop before its grid (VISSL crop_scale_patches)
     num_copies: int = 8                             # exemplar copies per image (revisiting: 8)
     exemplar_rotation: float = 20.0                 # degrees, ± (Dosovitskiy et al.: up to 20)
     # CPC v2 (Hénaff et al. 2020): the overlapping patch grid and its per-patch augmentation
@@ -146,6 +147,20 @@ def patch_grid(image, seed, cfg: AugmentConfig):
     return tf.ensure_shape(tf.stack(guarded), [9, cfg.patch_size, cfg.patch_size, 3])
 
 
+def pirl_pair(image, seed, cfg: AugmentConfig):
+    """PIRL's input (Misra & van der Maaten 2020 §4.1; VISSL's ImgPilToPatchesAndImage): one view of
+    the image as ``simclr_view``, and the 3×3 jigsaw grid of an independent crop of
+    ``jigsaw_crop_scale`` of its area, each of the 9 patches with its own flip, colour jitter and
+    greyscale: ([S, S, 3], [9, P, P, 3])."""
+    s = ops.split_seed(seed, 6)
+    x = ops.random_resized_crop(ops.to_float(image), s[1], cfg.image_size, scale=cfg.jigsaw_crop_scale)
+    tiles = patches.grid_patches(x, s[2], cfg.patch_size, cfg.patch_jitter)
+    tiles = ops.patchwise_flip(tiles, s[3])
+    tiles = ops.patchwise_jitter(tiles, s[4], cfg.color_jitter, cfg.color_jitter_p)
+    tiles = ops.patchwise_grayscale(tiles, s[5], cfg.grayscale_p)
+    return simclr_view(image, s[0], cfg), tf.ensure_shape(tiles, [9, cfg.patch_size, cfg.patch_size, 3])
+
+
 def cpc_patches(image, seed, cfg: AugmentConfig):
     """CPC v2's input: a random crop and flip of the image, cut into the G×G grid of overlapping
     patches, then each patch augmented on its own — flip, colour jitter (p 0.8), greyscale and
@@ -190,6 +205,7 @@ RECIPES = {
     "rotations": rotations,
     "patch_grid": patch_grid,
     "cpc_patches": cpc_patches,
+    "pirl_pair": pirl_pair,
     "exemplar": exemplar_copies,
     "weak": weak_view,
     "weak_strong": weak_strong,

@@ -3,9 +3,11 @@ from ssl_tf.losses.classification import cross_entropy, rebalanced_cross_entropy
 from ssl_tf.losses.contrastive import (  # noqa: F401
     ContrastiveOutput,
     batch_contrastive,
+    batch_info_nce,
     info_nce,
     memory_bank_logits,
     memory_bank_nce,
+    multiview_pairs,
     nce_normaliser,
     nt_xent,
     queue_cross_entropy,

@@ -111,6 +111,31 @@ def queue_cross_entropy(q, k, negatives, temperature: float, chunk: int = 4096):
     return fused(tf.convert_to_tensor(q), tf.convert_to_tensor(k))
 
 
+def batch_info_nce(q, k_all, temperature: float, offset=0) -> ContrastiveOutput:
+    """InfoNCE with the other images of the (gathered) batch as negatives: each L2-normalised
+    ``q_i`` against every key of ``k_all``, its own image's key (row ``i + offset``) the positive,
+
+        L = mean_i CE( [q_i·k_j / T]_j , i + offset )
+
+    (CMC's batch variant between two views; MoCo v3's ``ctr`` is this times 2T)."""
+    q, k_all = tf.math.l2_normalize(q, -1), tf.math.l2_normalize(k_all, -1)
+    logits = tf.matmul(q, k_all, transpose_b=True) / temperature
+    labels = tf.range(tf.shape(q)[0]) + tf.cast(offset, tf.int32)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
+    return ContrastiveOutput(loss, acc)
+
+
+def multiview_pairs(num_views: int, graph: str = "core") -> list[tuple[int, int]]:
+    """The pairs of views CMC contrasts (Tian et al. 2020 §3.3): "core" — the first view with each
+    other one, L = Σ_j L(V1, Vj); "full" — every pair, L = Σ_{i<j} L(Vi, Vj). Two views: one pair."""
+    if graph == "core":
+        return [(0, j) for j in range(1, num_views)]
+    if graph == "full":
+        return [(i, j) for i in range(num_views) for j in range(i + 1, num_views)]
+    raise ValueError(f"graph={graph!r}: accepted core, full")
+
+
 def batch_contrastive(q, k_all, temperature: float, offset=0) -> ContrastiveOutput:
     """MoCo v3's ``ctr(q, k)`` (Chen, Xie & He 2021, Alg. 1): the keys of the whole (gathered) batch
     are the negatives, the key of the same image the positive:
@@ -119,12 +144,8 @@ def batch_contrastive(q, k_all, temperature: float, offset=0) -> ContrastiveOutp
 
     (the 2T factor is the official code's, making the gradient scale independent of T).
     """
-    q, k_all = tf.math.l2_normalize(q, -1), tf.math.l2_normalize(k_all, -1)
-    logits = tf.matmul(q, k_all, transpose_b=True) / temperature
-    labels = tf.range(tf.shape(q)[0]) + tf.cast(offset, tf.int32)
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)) * 2.0 * temperature
-    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), labels), tf.float32))
-    return ContrastiveOutput(loss, acc)
+    out = batch_info_nce(q, k_all, temperature, offset)
+    return ContrastiveOutput(out.loss * 2.0 * temperature, out.accuracy)
 
 
 def memory_bank_logits(f, positive, negatives, temperature: float):

@@ -9,6 +9,7 @@ import pkgutil
 from ssl_tf.methods.barlow_twins import BarlowTwins  # noqa: F401
 from ssl_tf.methods.base import Objective, SSLMethod  # noqa: F401
 from ssl_tf.methods.byol import BYOL  # noqa: F401
+from ssl_tf.methods.cmc import CMC  # noqa: F401
 from ssl_tf.methods.colorization import Colorization  # noqa: F401
 from ssl_tf.methods.dino import DINO  # noqa: F401
 from ssl_tf.methods.distill import Distiller, load_teacher  # noqa: F401
@@ -19,6 +20,7 @@ from ssl_tf.methods.mixmatch import MixMatch  # noqa: F401
 from ssl_tf.methods.moco import MoCo  # noqa: F401
 from ssl_tf.methods.moco_v3 import MoCoV3  # noqa: F401
 from ssl_tf.methods.npid import NPID  # noqa: F401
+from ssl_tf.methods.pirl import PIRL  # noqa: F401
 from ssl_tf.methods.relative_patch_location import RelativePatchLocation  # noqa: F401
 from ssl_tf.methods.rotation import Rotation  # noqa: F401
 from ssl_tf.methods.s4l import S4LExemplar, S4LRotation  # noqa: F401

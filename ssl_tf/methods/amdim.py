@@ -82,9 +82,7 @@ class AMDIM(SSLMethod):
     def source_locations(self, b, m):
         """One random location per image of the small map (5-5's sources): drawn for the global batch with
         one seed per step and sliced per replica, so that 2 replicas draw what one device does."""
-        replicas = distribute.num_replicas()
-        everyone = tf.random.stateless_uniform([b * replicas], self.step_seed(3, per_replica=False), 0, m, tf.int32)
-        return everyone[distribute.replica_id() * b:(distribute.replica_id() + 1) * b]
+        return self.batch_uniform(b, [], 3, minval=0, maxval=m, dtype=tf.int32)
 
     def objective(self, batch, training):
         x1, x2 = batch["views"]

@@ -18,8 +18,8 @@ class does the rest:
 Shared by the momentum and teacher-student methods: ``clone_network`` (a target network of
 the same architecture), ``ema_pairs``/``ema_update`` (θ_t ← m·θ_t + (1 − m)·θ_o, BN
 statistics included or not), ``encode_views`` (multi-crop batching by resolution),
-``after`` (the target's forward before the online one) and ``write_rows`` (in-place row
-updates of queues and memory banks).
+``after`` (the target's forward before the online one), ``write_rows`` (in-place row
+updates of queues and memory banks) and ``MemoryBank`` (NPID's bank, also CMC's and PIRL's).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
+from ssl_tf.losses import memory_bank_logits, memory_bank_nce, nce_normaliser
 from ssl_tf.models import linear_head, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.optim import loss_scale as scaling
@@ -115,6 +116,52 @@ def write_rows(variable, rows, values):
     strategy, the variables of the ``only_first_replica`` kind take the first replica's rows."""
     target = getattr(variable, "value", variable)   # a Keras variable wraps a tf.Variable
     target.scatter_update(tf.IndexedSlices(tf.cast(values, target.dtype), rows))
+
+
+def updated_rows(rows, features, momentum: float):
+    """The memory-bank update v ← (m·v + (1 − m)·f) / ||m·v + (1 − m)·f|| (NPID §3.2)."""
+    return tf.math.l2_normalize(momentum * rows + (1.0 - momentum) * features, -1)
+
+
+class MemoryBank(keras.layers.Layer):
+    """NPID's memory bank (Wu et al. 2018 §3.2): one L2-normalised row per training image, moved
+    towards that image's newest feature after every step. NPID scores an image's feature against
+    its own row, CMC one view's feature against the other view's bank, PIRL the jigsaw tiles'
+    feature against the image's row. The NCE normaliser Z is estimated on the first batch and
+    then kept (the authors' code), so it lives here, beside the rows it normalises."""
+
+    def __init__(self, num_examples: int, dim: int, momentum: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_examples, self.momentum = num_examples, momentum
+        stdv = 1.0 / (dim / 3) ** 0.5     # the authors' initialisation: uniform in [-stdv, stdv]
+        # One copy of the bank, not one per replica: after_update writes the gathered global batch.
+        self.rows = self.add_weight(shape=(num_examples, dim), trainable=False, name="rows",
+                                    initializer=lambda shape, dtype=None: tf.random.uniform(shape, -stdv, stdv),
+                                    aggregation="only_first_replica")
+        self.z = self.add_weight(shape=(), initializer="zeros", trainable=False, name="nce_z",
+                                 aggregation="only_first_replica")
+        self.built = True
+
+    def draw(self, method: "SSLMethod", batch, count: int, salt: int = 2):
+        """``count`` row indices for each of this replica's ``batch`` examples, uniform over the dataset
+        (NPID's noise P_n = 1/n), drawn for the global batch (``SSLMethod.batch_uniform``)."""
+        return method.batch_uniform(batch, [count], salt, minval=0, maxval=self.num_examples, dtype=tf.int64)
+
+    def loss(self, features, index, negatives, temperature: float, kind: str = "nce", z=None):
+        """(loss, Z): ``features`` [b, d] (L2-normalised) against their own rows ``index`` and the
+        drawn rows ``negatives`` [b, K], by ``memory_bank_nce``; Z is ``z`` if given, else the kept
+        one, or the replica-mean estimate of this batch while none is kept yet."""
+        logits = memory_bank_logits(features, tf.gather(self.rows, index), tf.gather(self.rows, negatives),
+                                    temperature)
+        if z is None:
+            estimate = distribute.cross_replica_sum(nce_normaliser(logits, self.num_examples))
+            z = tf.where(self.z > 0, self.z, estimate / distribute.num_replicas())
+        return memory_bank_nce(logits, self.num_examples, z, kind), z
+
+    def update(self, index, features, z):
+        """Move the rows ``index`` towards ``features`` (the gathered global batch) and keep ``z``."""
+        write_rows(self.rows, index, updated_rows(tf.gather(self.rows, index), features, self.momentum))
+        self.z.assign(z)
 
 
 def after(first, *tensors):
@@ -338,6 +385,15 @@ class SSLMethod(keras.Model):
         step = self.current_step()
         replica = tf.cast(distribute.replica_id(), tf.int64) if per_replica else tf.constant(0, tf.int64)
         return tf.stack([tf.cast(getattr(self, "seed", 0), tf.int64), (step * 1024 + replica) * 16 + salt])
+
+    def batch_uniform(self, batch, shape, salt: int, **uniform):
+        """``tf.random.stateless_uniform([batch, *shape], …)`` for this replica's ``batch`` examples:
+        drawn for the global batch with one seed per step and sliced per replica, so that 2 replicas
+        draw what one device does (memory-bank negatives, AMDIM's locations, PIRL's tile orders)."""
+        everyone = tf.random.stateless_uniform(tf.concat([[batch * distribute.num_replicas()], shape], 0),
+                                               self.step_seed(salt, per_replica=False), **uniform)
+        rid = distribute.replica_id()
+        return everyone[rid * batch:(rid + 1) * batch]
 
     @property
     def method_variables(self):

@@ -14,14 +14,8 @@ import tensorflow as tf
 from keras import layers
 
 from ssl_tf import distribute
-from ssl_tf.losses import memory_bank_logits, memory_bank_nce, nce_normaliser
-from ssl_tf.methods.base import Objective, SSLMethod, write_rows
+from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod
 from ssl_tf.methods.settings import MethodParams, check, param, register
-
-
-def updated_rows(rows, features, momentum: float):
-    """The bank update v ← (m·v + (1 − m)·f) / ||m·v + (1 − m)·f||."""
-    return tf.math.l2_normalize(momentum * rows + (1.0 - momentum) * features, -1)
 
 
 @register("npid", family="joint")
@@ -50,15 +44,9 @@ class NPID(SSLMethod):
     def __init__(self, encoder, num_classes=0, num_examples=1, dim=128, nce_k=4096, temperature=0.07,
                  bank_momentum=0.5, loss="nce", **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
-        self.num_examples, self.nce_k, self.temperature = num_examples, nce_k, temperature
-        self.bank_momentum, self.loss_kind = bank_momentum, loss
+        self.nce_k, self.temperature, self.loss_kind = nce_k, temperature, loss
         self.head = layers.Dense(dim, name="head")
-        stdv = 1.0 / (dim / 3) ** 0.5   # the authors' initialisation: uniform in [-stdv, stdv]
-        self.bank = self.add_weight(shape=(num_examples, dim), trainable=False, name="memory_bank",
-                                    initializer=lambda shape, dtype=None: tf.random.uniform(shape, -stdv, stdv),
-                                    aggregation="only_first_replica")
-        self.z = self.add_weight(shape=(), initializer="zeros", trainable=False, name="nce_z",
-                                 aggregation="only_first_replica")
+        self.bank = MemoryBank(num_examples, dim, bank_momentum, name="memory_bank")
 
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
@@ -69,18 +57,11 @@ class NPID(SSLMethod):
         x, index = batch["views"], batch["index"]
         h = self.encoder(x, training=training)
         f = tf.math.l2_normalize(self.head(h), -1)
-        negatives = tf.random.stateless_uniform([tf.shape(x)[0], self.nce_k], self.step_seed(2), 0,
-                                                self.num_examples, dtype=tf.int64)
-        logits = memory_bank_logits(f, tf.gather(self.bank, index), tf.gather(self.bank, negatives), self.temperature)
-        estimate = distribute.cross_replica_sum(nce_normaliser(logits, self.num_examples)) / distribute.num_replicas()
-        z = tf.where(self.z > 0, self.z, estimate)
-        loss = memory_bank_nce(logits, self.num_examples, z, self.loss_kind)
+        negatives = self.bank.draw(self, tf.shape(x)[0], self.nce_k)
+        loss, z = self.bank.loss(f, index, negatives, self.temperature, self.loss_kind)
         return Objective(loss, features=h, embeddings=f, logs={"nce_z": z},
                          aux={"index": distribute.gather(index), "features": distribute.gather(tf.stop_gradient(f)),
                               "z": z})
 
     def after_update(self, aux, step):
-        index = aux["index"]
-        rows = updated_rows(tf.gather(self.bank, index), aux["features"], self.bank_momentum)
-        write_rows(self.bank, index, rows)
-        self.z.assign(aux["z"])
+        self.bank.update(aux["index"], aux["features"], aux["z"])

@@ -19,6 +19,26 @@ from ssl_tf.methods.settings import REVISITING_RECIPE, MethodParams, check, para
 from ssl_tf.models import pretext_head
 
 
+@dataclasses.dataclass
+class PatchGridParams(MethodParams):
+    """The 3×3 patch grid's settings (``views.patch_grid``), shared by the patch tasks and PIRL."""
+    patch_size: Optional[int] = param(None, "Side of each grid patch (default image_size // 2, at least 8).",
+                                      source="revisiting: 64 at 224 px")
+    patch_jitter: float = param(21 / 85, "Random gap between grid patches, as a fraction of a cell.",
+                                source="revisiting: 21/85")
+
+    def resolve(self, shared):
+        self.patch_size = self.patch_size or max(8, shared.image_size // 2)
+
+    def validate(self, shared):
+        super().validate(shared)
+        check(self.patch_size >= 4, "patch_size", self.patch_size, "must be >= 4")
+        check(0 <= self.patch_jitter < 1, "patch_jitter", self.patch_jitter, "must be in [0, 1)")
+
+    def augment(self):
+        return dict(patch_size=self.patch_size, patch_jitter=self.patch_jitter)
+
+
 class PatchTask(SSLMethod):
     view_recipe = "patch_grid"
     task_name = "patch"
@@ -26,25 +46,13 @@ class PatchTask(SSLMethod):
     recipe = REVISITING_RECIPE
 
     @dataclasses.dataclass
-    class Params(MethodParams):
-        patch_size: Optional[int] = param(None, "Side of each grid patch (default image_size // 2, at least 8).",
-                                          source="revisiting: 64 at 224 px")
-        patch_jitter: float = param(21 / 85, "Random gap between grid patches, as a fraction of a cell.",
-                                    source="revisiting: 21/85")
+    class Params(PatchGridParams):
         head_hidden: int = param(4096, "Hidden units of the patch classifier (0 = linear).",
                                  source="revisiting: fc 4096")
 
-        def resolve(self, shared):
-            self.patch_size = self.patch_size or max(8, shared.image_size // 2)
-
         def validate(self, shared):
             super().validate(shared)
-            check(self.patch_size >= 4, "patch_size", self.patch_size, "must be >= 4")
-            check(0 <= self.patch_jitter < 1, "patch_jitter", self.patch_jitter, "must be in [0, 1)")
             check(self.head_hidden >= 0, "head_hidden", self.head_hidden, "must be >= 0")
-
-        def augment(self):
-            return dict(patch_size=self.patch_size, patch_jitter=self.patch_jitter)
 
     def __init__(self, encoder, num_classes=0, num_outputs=8, head_hidden=4096, head_dropout=0.5, seed=0,
                  **kwargs):

@@ -22,6 +22,7 @@ from ssl_tf.models.heads import (  # noqa: F401
     projection_head,
 )
 from ssl_tf.models.layers import INPUT_MODES, NORMS, PRECISIONS, compute_dtype, dtype_policy, normalization  # noqa: F401
+from ssl_tf.models.multiview import view_backbones, view_encoder  # noqa: F401
 from ssl_tf.models.patch_grid import GridMean, PatchGrid, patch_grid_encoder  # noqa: F401
 from ssl_tf.models.revnet import revnet50
 from ssl_tf.models.vgg import vgg19
@@ -54,6 +55,17 @@ def build_backbone(name: str, *, width: float = 1.0, image_size: int = 32, synch
         return net
     out = keras.layers.Activation("linear", dtype="float32", name="float32_output")(net.output)
     return keras.Model(net.input, out, name=net.name)
+
+
+def backbone_builder(name: str, *, width: float = 1.0, synchronized_bn: bool = False, input_mode: str = "rgb",
+                     precision: str = "float32"):
+    """``builder(image_size, norm="batch", input_mode=None, width_scale=1.0)``: the configured
+    backbone, as a method's ``make_encoder`` asks for it — at the size it encodes (CPC v2: a patch),
+    with layer norm (CPC v2), on other input channels or at a fraction of the width (CMC's views)."""
+    def builder(image_size: int, norm: str = "batch", input_mode_: str | None = None, width_scale: float = 1.0):
+        return build_backbone(name, width=width * width_scale, image_size=image_size, synchronized_bn=synchronized_bn,
+                              input_mode=input_mode_ or input_mode, precision=precision, norm=norm)
+    return builder
 
 
 def representation_layers(backbone: keras.Model) -> list[str]:

@@ -34,7 +34,7 @@ def dtype_policy(name: str):
 
 BN_MOMENTUM = 0.9   # SimCLR's BATCH_NORM_DECAY
 BN_EPSILON = 1e-5
-INPUT_MODES = ("rgb", "lightness")
+INPUT_MODES = ("rgb", "lightness", "ab", "a", "b")   # the RGB image itself, or Lab channels of it
 NORMS = ("batch", "layer")
 _norm = ["batch"]
 
@@ -119,6 +119,28 @@ class Lightness(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
+class LabChannels(keras.layers.Layer):
+    """RGB in [0, 1] -> chosen chromatic channels of CIE Lab ("ab", "a" or "b"), each divided by
+    ``color.AB_RANGE`` to about [-1, 1] (CMC's colour views); float32, as ``Lightness``."""
+
+    def __init__(self, channels: str = "ab", **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def call(self, images):
+        from ssl_tf.data.color import AB_RANGE, rgb_to_lab
+        lab = rgb_to_lab(images)
+        return tf.gather(lab, ["Lab".index(c) for c in self.channels], axis=-1) / AB_RANGE
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.channels))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable("ssl_tf")
 class ChannelSplit(keras.layers.Layer):
     """Split the channels into two halves (RevNet's x1, x2); a named layer, so networks holding it
     clone and deserialise without Python lambdas (safe_mode)."""
@@ -175,7 +197,11 @@ def image_input(input_mode: str = "rgb"):
     if input_mode not in INPUT_MODES:
         raise ValueError(f"input_mode={input_mode}: accepted {INPUT_MODES}")
     inputs = keras.Input((None, None, 3), name="images")
-    return inputs, (Lightness(name="lightness")(inputs) if input_mode == "lightness" else inputs)
+    if input_mode == "rgb":
+        return inputs, inputs
+    if input_mode == "lightness":
+        return inputs, Lightness(name="lightness")(inputs)
+    return inputs, LabChannels(input_mode, name=f"lab_{input_mode}")(inputs)
 
 
 def channels(base: int, width: float) -> int:

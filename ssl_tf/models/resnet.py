@@ -15,7 +15,8 @@ from keras import layers
 
 from ssl_tf.models.layers import bn as _bn, channels, conv as _conv, image_input
 
-BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+BLOCKS = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+          50: ("bottleneck", (3, 4, 6, 3))}
 
 
 def _block_v1(x, filters, stride, kind, name, sync):

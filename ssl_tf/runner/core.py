@@ -21,7 +21,7 @@ from ssl_tf.data import subsets, views
 from ssl_tf.data.sources import Examples, load_dataset
 from ssl_tf.errors import SSLTFError
 from ssl_tf.methods import METHODS
-from ssl_tf.models import build_backbone, kernels
+from ssl_tf.models import backbone_builder, kernels
 from ssl_tf.runner import distill, evaluate, export, finetune, lock, pretrain, report, results
 from ssl_tf.runner.loop import written_by
 
@@ -148,10 +148,8 @@ class Runner:
     # ------------------------------------------------------------------ building blocks
     def build_encoder(self) -> keras.Model:
         c = self.model_cfg
-
-        def backbone(image_size: int, norm: str):
-            return build_backbone(c.backbone, width=c.width, image_size=image_size, synchronized_bn=c.global_bn,
-                                  input_mode=self.method.encoder_input, precision=c.precision, norm=norm)
+        backbone = backbone_builder(c.backbone, width=c.width, synchronized_bn=c.global_bn,
+                                    input_mode=self.method.encoder_input, precision=c.precision)
         return self.method.make_encoder(backbone, c)
 
     def augment_config(self) -> views.AugmentConfig:
