@@ -23,7 +23,8 @@ setup(
     ],
     extras_require={
         "plots": PLOTS,
-        "test": ["pytest>=7,<10", "ruff>=0.6,<1"] + PLOTS,   # the tests also check the plots; ruff: CI's lint
+        # the tests also check the plots; ruff: CI's lint; xdist: pytest.ini runs the suite on 2 processes
+        "test": ["pytest>=7,<10", "pytest-xdist>=3,<4", "ruff>=0.6,<1"] + PLOTS,
     },
     entry_points={"console_scripts": ["ssl-tf=ssl_tf.cli:run"]},
 )

@@ -78,7 +78,7 @@ def config_from_flags(flag_values=FLAGS) -> Config:
     return Config(**shared, method_args=method_args)
 
 
-def main(argv):
+def main(argv, flag_values=FLAGS):
     from ssl_tf import backend
     tf = backend.import_tensorflow()   # oneDNN chosen, CPU-only start-up notices filtered
     if len(argv) > 1 and argv[1] == "report":
@@ -89,7 +89,7 @@ def main(argv):
         return
     if len(argv) > 1:
         raise SSLTFError(f"unexpected arguments {argv[1:]}; every option is a --flag (see ssl-tf --help)")
-    cfg = config_from_flags()
+    cfg = config_from_flags(flag_values)
     if cfg.mode.strip() == "report":
         from ssl_tf.eval.report import label_efficiency_rows, plot_label_efficiency, report
         runs = [p for p in (cfg.report_runs or "").split(",") if p] or [cfg.model_dir or "runs"]
@@ -116,9 +116,9 @@ def main(argv):
     print(f"\nResults (also in {where}):\n" + results_table(results), flush=True)
 
 
-def _main_with_errors(argv):
+def _main_with_errors(argv, flag_values=FLAGS):
     try:
-        main(argv)
+        main(argv, flag_values)
     except SSLTFError as e:
         print(f"ssl-tf: error: {e}", file=sys.stderr)
         sys.exit(2)

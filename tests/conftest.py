@@ -29,3 +29,32 @@ def run_cli(*args, cwd=None, timeout=600):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def cli_in_process(capsys):
+    """``ssl-tf`` as ``cli.run`` runs it (flags defined, parsed, the run with its one-line errors), in this
+    process on fresh flags: (exit status, stdout, stderr). For what fails before training starts, where
+    a fresh process would only add TensorFlow's start-up."""
+    from absl import flags
+
+    from ssl_tf import cli
+
+    def run(*args):
+        fv = flags.FlagValues()
+        cli.define_flags(fv)
+        code = 0
+        try:
+            rest = cli.parse_or_exit(["ssl-tf", *args], fv)
+            cli._main_with_errors(rest, fv)
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests first: with two processes (pytest.ini), a long test started last leaves the
+    other process idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

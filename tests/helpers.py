@@ -40,8 +40,10 @@ def one_device_and_two_replicas_agree(make_model, view_fn, examples):
     for a, b in zip(one_logs, two_logs):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
     assert max(float(np.abs(a - b).max()) for a, b in zip(one_w, init)) > 1e-4
-    for a, b in zip(one_w, two_w):   # float32 rounding of BN on 2-image replica batches: ~2e-5 after 2 steps
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5)
+    # float32 rounding of BN on 2-image replica batches: ~2e-5 after 2 steps; a memory bank's Z (a sum
+    # of ~1e4 exponentials, added in another order across replicas): ~1.5e-5 relative
+    for a, b in zip(one_w, two_w):
+        np.testing.assert_allclose(a, b, rtol=5e-5, atol=5e-5)
 
 
 def forward_ops(graph):

@@ -92,7 +92,7 @@ def test_fused_and_keras_paths_agree_inside_a_backbone():
         for fused in (True, False):
             BatchNorm.fused = fused
             keras.utils.set_random_seed(0)
-            net = build_backbone("resnet18", width=0.125, image_size=16)
+            net = build_backbone("resnet10", width=0.125, image_size=16)
             with tf.GradientTape() as tape:
                 y = net(x, training=True)
                 loss = tf.reduce_sum(y * tf.range(y.shape[-1], dtype=tf.float32))

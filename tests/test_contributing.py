@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from ssl_tf.methods import METHODS, SSLMethod
+from ssl_tf import losses
+from ssl_tf.methods import METHODS, SSLMethod, base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,8 @@ def _read(*parts):
 
 
 def loss_functions(cls) -> set[str]:
-    """The ``ssl_tf.losses`` functions a method's own class and its method-specific bases call."""
+    """The ``ssl_tf.losses`` functions a method's own class and its method-specific bases call, directly
+    or through a shared component they import from ``ssl_tf.methods.base`` (NPID's and PIRL's MemoryBank)."""
     names = set()
     for klass in inspect.getmro(cls):
         if not (issubclass(klass, SSLMethod) and klass is not SSLMethod and klass.__module__.startswith("ssl_tf.")):
@@ -30,6 +32,12 @@ def loss_functions(cls) -> set[str]:
                 names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "losses":
                 names.add(node.attr)
+            elif isinstance(node, ast.ImportFrom) and node.module == "ssl_tf.methods.base":
+                for alias in node.names:
+                    part = getattr(base, alias.name)
+                    if inspect.isclass(part) and not issubclass(part, SSLMethod):
+                        names |= {n.id for n in ast.walk(ast.parse(inspect.getsource(part)))
+                                  if isinstance(n, ast.Name) and inspect.isfunction(getattr(losses, n.id, None))}
     return names
 
 

@@ -29,7 +29,7 @@ def _train(strategy, init_weights=None, steps=2, global_batch=8):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         # global BN on one device too: the same statistics path, so only the distribution differs
-        encoder = build_backbone("resnet18", width=0.125, image_size=16, synchronized_bn=True)
+        encoder = build_backbone("resnet10", width=0.125, image_size=16, synchronized_bn=True)
         model = SimCLR(encoder, 10, temperature=0.5, proj_dim=8, synchronized_bn=True)
         model.build_with(batch, LARS(0.3 * global_batch / 256, weight_decay=1e-6), keras.optimizers.SGD(0.1))
         if init_weights is not None:

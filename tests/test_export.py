@@ -15,7 +15,7 @@ from ssl_tf.models import build_backbone
 
 def test_export_reloads_in_fresh_process_with_same_features(tmp_path):
     keras.utils.set_random_seed(0)
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     images = np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32)
     expected = encoder(images, training=False).numpy()
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
@@ -45,7 +45,7 @@ def test_export_reloads_in_fresh_process_with_same_features(tmp_path):
 
 def test_bytes_signature_matches_eval_preprocessing(tmp_path):
     keras.utils.set_random_seed(1)
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
     arr = np.random.default_rng(2).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -58,7 +58,7 @@ def test_bytes_signature_matches_eval_preprocessing(tmp_path):
 
 def test_tfsmlayer_fine_tunes(tmp_path):
     keras.utils.set_random_seed(2)
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
     layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=True)
     inputs = keras.Input((16, 16, 3))
@@ -72,7 +72,7 @@ def test_tfsmlayer_fine_tunes(tmp_path):
 
 
 def test_export_replaces_previous_atomically(tmp_path):
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     target = tmp_path / "export"
     export_encoder(encoder, str(target), 16)
     first = (target / "saved_model.pb").stat().st_mtime_ns
@@ -87,7 +87,7 @@ def test_feature_extractor_checks_inputs_with_one_line_errors(tmp_path):
     from ssl_tf.errors import SSLTFError
     from ssl_tf.export import load_feature_extractor
     keras.utils.set_random_seed(3)
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
     fx = load_feature_extractor(path)
     u8 = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
@@ -113,7 +113,7 @@ def test_an_export_killed_between_renames_is_recovered(tmp_path):
     import os
 
     from ssl_tf.export import load_feature_extractor
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = build_backbone("resnet10", width=0.125, image_size=16)
     path = export_encoder(encoder, str(tmp_path / "export"), image_size=16)
     os.replace(path, path + ".old-12345")          # the state a kill -9 between the two renames leaves
     os.makedirs(path + ".tmp-12345")               # and a half-written new export

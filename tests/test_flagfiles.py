@@ -61,10 +61,11 @@ def test_each_budget_flagfile_parses_names_its_budget_and_trains_two_steps(metho
     path = os.path.join(ROOT, "flags", method, "cifar10_20min.flags")
     text = open(path, encoding="utf-8").read()
     assert text.startswith("#") and "--train_minutes=20" in text and f"--method={method}" in text
+    assert "--backbone=resnet18" in text             # the table's backbone; the 2 steps below run a smaller one
     fv = flags.FlagValues()
     cli.define_flags(fv)
-    fv(["ssl-tf", f"--flagfile={path}", "--dataset=shapes:32,8", "--image_size=16", "--width=0.0625",
-        "--batch_size=8", "--max_steps=2", "--mode=pretrain", "--progress=false", "--plots=false",
+    fv(["ssl-tf", f"--flagfile={path}", "--dataset=shapes:32,8", "--image_size=16", "--backbone=resnet10",
+        "--width=0.0625", "--batch_size=8", "--max_steps=2", "--mode=pretrain", "--progress=false", "--plots=false",
         f"--model_dir={tmp_path}"])
     cfg = cli.config_from_flags(fv)
     assert cfg.method == method and cfg.train_minutes == 20

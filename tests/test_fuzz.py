@@ -282,8 +282,8 @@ def test_damaged_files_of_a_run_directory_resume_or_fail_cleanly(tmp_path):
     import shutil
 
     from ssl_tf.runner import Runner
-    base = dict(dataset="shapes:32,8", image_size=16, width=0.0625, batch_size=8, epochs=1, progress=False,
-                plots=False, random_baseline=False, checkpoint_every=1, log_every=1)
+    base = dict(dataset="shapes:32,8", image_size=16, backbone="resnet10", width=0.0625, batch_size=8, epochs=1,
+                progress=False, plots=False, random_baseline=False, checkpoint_every=1, log_every=1)
     good = tmp_path / "good"
     Runner(config_lib.Config(mode="pretrain", max_steps=2, model_dir=str(good), **base), log=lambda *a: None).run()
     rng = np.random.default_rng(4)
@@ -324,7 +324,7 @@ def test_hostile_images_through_every_decode_path(tmp_path):
             return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
             chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    fx = load_feature_extractor(export_encoder(build_backbone("resnet18", width=0.0625, image_size=16),
+    fx = load_feature_extractor(export_encoder(build_backbone("resnet10", width=0.0625, image_size=16),
                                                str(tmp_path / "e"), 16))
     rng = np.random.default_rng(5)
     cases = [png_header(12000, 12000), png_header(9500, 9500), png_header(60000, 2)]

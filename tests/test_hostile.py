@@ -88,7 +88,7 @@ def test_one_decoded_size_limit_for_every_decode_path(tmp_path):
         f.write(bomb)
     with pytest.raises(SSLTFError, match="declares over 178,956,970 pixels, more than the 89,478,485"):
         sources._read_image(str(tmp_path / "f" / "a" / "bomb.png"), "--dataset")
-    path = export_encoder(build_backbone("resnet18", width=0.0625, image_size=16), str(tmp_path / "export"), 16)
+    path = export_encoder(build_backbone("resnet10", width=0.0625, image_size=16), str(tmp_path / "export"), 16)
     fx = load_feature_extractor(path)
     with pytest.raises(SSLTFError, match="encoded image 0 declares 196,000,000 pixels"):
         fx.from_bytes([bomb])
@@ -179,7 +179,7 @@ def test_npz_members_that_are_not_arrays_are_refused(tmp_path):
 def test_feature_extractor_refuses_damaged_exports_ragged_lists_and_none(tmp_path):
     from ssl_tf.export import export_encoder, load_feature_extractor
     from ssl_tf.models import build_backbone
-    path = export_encoder(build_backbone("resnet18", width=0.0625, image_size=16), str(tmp_path / "e"), 16)
+    path = export_encoder(build_backbone("resnet10", width=0.0625, image_size=16), str(tmp_path / "e"), 16)
     fx = load_feature_extractor(path)
     with pytest.raises(SSLTFError, match="is ragged"):
         fx([np.zeros((16, 16, 3), np.uint8), np.zeros((20, 16, 3), np.uint8)])

@@ -29,7 +29,7 @@ def _examples(n=16):
 
 def _cpc(directions=4, sync=False, **kw):
     keras.utils.set_random_seed(0)
-    backbone = build_backbone("resnet18", width=0.0625, image_size=4, norm="layer")
+    backbone = build_backbone("resnet10", width=0.0625, image_size=4, norm="layer")
     encoder = patch_grid_encoder(backbone, 4, 2)
     return METHODS["cpc_v2"](encoder, 10, grid=7, offsets=(3, 4, 5), directions=directions, context_blocks=2,
                              context_hidden=8, target_dim=6, **kw)
@@ -81,7 +81,7 @@ def test_patchwise_ops_act_on_each_patch_alone():
 # -- the encoder, the context network, the loss --------------------------------------------------
 
 def test_patch_grid_encoder_is_the_mean_of_the_backbone_over_the_patches():
-    backbone = build_backbone("resnet18", width=0.0625, image_size=4, norm="layer")
+    backbone = build_backbone("resnet10", width=0.0625, image_size=4, norm="layer")
     encoder = patch_grid_encoder(backbone, 4, 2)
     assert grid_backbone(encoder) is backbone
     assert not any("BatchNorm" in type(layer).__name__ for layer in backbone.layers)      # CPC v2: layer norm
@@ -288,7 +288,7 @@ def test_dim_prior_matching_losses_and_the_frozen_discriminator():
 
 def _dim(sync=False, **kw):
     keras.utils.set_random_seed(0)
-    backbone = build_backbone("resnet18", width=0.25, image_size=16, synchronized_bn=sync)
+    backbone = build_backbone("resnet10", width=0.25, image_size=16, synchronized_bn=sync)
     return METHODS["deep_infomax"](backbone, 10, mi_units=16, global_dim=8, image_size=16, synchronized_bn=sync,
                                    **kw)
 
@@ -372,7 +372,7 @@ def test_amdim_nce_matches_numpy_value_and_gradient():
 
 def _amdim(sync=False, **kw):
     keras.utils.set_random_seed(0)
-    backbone = build_backbone("resnet18", width=0.25, image_size=16, synchronized_bn=sync)
+    backbone = build_backbone("resnet10", width=0.25, image_size=16, synchronized_bn=sync)
     return METHODS["amdim"](backbone, 10, rkhs=16, synchronized_bn=sync, **kw)
 
 

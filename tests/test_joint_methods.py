@@ -37,7 +37,7 @@ def _batch(cls, n=16, seed=0):
 def _method(name, sync=False, **extra):
     keras.utils.set_random_seed(0)
     cls = METHODS[name]
-    enc = build_backbone("resnet18", width=0.125, image_size=16, synchronized_bn=sync)
+    enc = build_backbone("resnet10", width=0.125, image_size=16, synchronized_bn=sync)
     model = cls(enc, 10, **{**SMALL[name], **extra})
     model.total_steps = 20
     return model
@@ -80,7 +80,7 @@ def test_ema_update_is_exact_and_bn_statistics_follow_the_flag():
 
 
 def test_clone_network_copies_weights_and_can_unsync_bn():
-    enc = build_backbone("resnet18", width=0.125, image_size=16, synchronized_bn=True)
+    enc = build_backbone("resnet10", width=0.125, image_size=16, synchronized_bn=True)
     key = clone_network(enc, sync_bn=False)
     for a, b in zip(enc.get_weights(), key.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -31,7 +31,7 @@ def _method(name, data):
     keras.utils.set_random_seed(0)
     c = resolve(Config(method=name, dataset="npz:x", image_size=16, width=0.0625, batch_size=8, **SMALL), 16)
     cls = METHODS[name]
-    encoder = cls.make_encoder(backbone_builder("resnet18", width=0.0625, input_mode=cls.encoder_input), c)
+    encoder = cls.make_encoder(backbone_builder("resnet10", width=0.0625, input_mode=cls.encoder_input), c)
     method = METHODS[name].from_config(c, encoder, data.num_classes, num_examples=len(data))
     if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
         method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
@@ -113,7 +113,7 @@ def test_fit_refuses_an_endless_stream_without_steps_and_an_uncompiled_method():
     method = _method("simclr", data)
     with pytest.raises(SSLTFError, match="steps_per_epoch"):
         method.fit(method.stream(data, 8, AUGMENT), epochs=1)
-    bare = METHODS["simclr"](build_backbone("resnet18", width=0.0625, image_size=16), 4, proj_dim=16)
+    bare = METHODS["simclr"](build_backbone("resnet10", width=0.0625, image_size=16), 4, proj_dim=16)
     with pytest.raises(SSLTFError, match="compile"):
         bare.fit(bare.stream(data, 8, AUGMENT), epochs=1, steps_per_epoch=1)
     with pytest.raises(SSLTFError, match="tf.data.Dataset"):

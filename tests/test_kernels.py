@@ -23,13 +23,13 @@ def _traced_step(model, x):
 
 def test_the_switch_swaps_every_fast_path_for_keras_layers_with_the_same_numbers():
     assert kernels.enabled()
-    x = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2])   # ResNet-18 ends at 2×2: the small-conv case
-    fast = build_backbone("resnet18", width=0.0625, image_size=16)
+    x = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2])   # ResNet-10 ends at 2×2: the small-conv case
+    fast = build_backbone("resnet10", width=0.0625, image_size=16)
     initial = fast.get_weights()                                        # before the step moves the BN statistics
     (y_fast, g_fast), ops_fast = _traced_step(fast, x)
     with kernels.using(False):
         assert not kernels.enabled()
-        plain = build_backbone("resnet18", width=0.0625, image_size=16)
+        plain = build_backbone("resnet10", width=0.0625, image_size=16)
         plain.set_weights(initial)
         (y_plain, g_plain), ops_plain = _traced_step(plain, x)
     assert kernels.enabled()                                             # restored after the block
@@ -51,7 +51,8 @@ def test_cpu_kernels_flag_parses_and_the_runner_sets_the_switch(tmp_path):
     fv(["ssl-tf", "--cpu_kernels=false"])
     assert cli.config_from_flags(fv).cpu_kernels is False
     try:
-        run = Runner(Config(dataset="shapes:32,8", image_size=16, width=0.0625, batch_size=8, max_steps=2,
+        run = Runner(Config(dataset="shapes:32,8", image_size=16, backbone="resnet10", width=0.0625, batch_size=8,
+                            max_steps=2,
                             mode="pretrain", progress=False, plots=False, cpu_kernels=False,
                             model_dir=str(tmp_path)), log=lambda *a: None)
         assert not kernels.enabled()
@@ -65,9 +66,9 @@ def test_cpu_kernels_flag_parses_and_the_runner_sets_the_switch(tmp_path):
 def test_inference_in_bf16_agrees_across_the_switch():
     """Frozen BN (inference) of a bf16 backbone takes the same switch, to bf16 accuracy."""
     x = tf.random.stateless_uniform([2, 16, 16, 3], [3, 4])
-    fast = build_backbone("resnet18", width=0.0625, image_size=16, precision="mixed_bfloat16")
+    fast = build_backbone("resnet10", width=0.0625, image_size=16, precision="mixed_bfloat16")
     with kernels.using(False):
-        plain = build_backbone("resnet18", width=0.0625, image_size=16, precision="mixed_bfloat16")
+        plain = build_backbone("resnet10", width=0.0625, image_size=16, precision="mixed_bfloat16")
         plain.set_weights(fast.get_weights())
         expected = plain(x, training=False)
     got = fast(x, training=False)

@@ -97,14 +97,14 @@ def test_lab_views_are_the_colour_channels_and_the_encoder_concatenates_them():
     image = np.random.default_rng(2).random([2, 8, 8, 3]).astype(np.float32)
     lab = color.rgb_to_lab(image).numpy()
     keras.utils.set_random_seed(0)
-    builder = backbone_builder("resnet18", width=0.25)
+    builder = backbone_builder("resnet10", width=0.25)
     ab = builder(8, "batch", "ab", 0.5)
     assert ab.get_layer("lab_ab").compute_output_shape((None, 8, 8, 3)) == (None, 8, 8, 2)
     probe = keras.Model(ab.input, ab.get_layer("lab_ab").output)
     np.testing.assert_allclose(probe(image).numpy(), lab[..., 1:] / color.AB_RANGE, rtol=1e-5, atol=1e-6)
     b_only = keras.Model(*(lambda m: (m.input, m.get_layer("lab_b").output))(builder(8, "batch", "b", 0.5)))
     np.testing.assert_allclose(b_only(image).numpy(), lab[..., 2:] / color.AB_RANGE, rtol=1e-5, atol=1e-6)
-    assert ab.output_shape[-1] == build_backbone("resnet18", width=0.125).output_shape[-1]   # half the width
+    assert ab.output_shape[-1] == build_backbone("resnet10", width=0.125).output_shape[-1]   # half the width
     names = ["L", "ab"]
     encoder = view_encoder([builder(8, "batch", VIEW_INPUTS[v], 0.5) for v in names], names)
     parts = view_backbones(encoder)
@@ -208,7 +208,7 @@ def test_cmc_end_to_end_probes_and_exports_rgb_to_both_views(cli, tmp_path):
     loaded = tf.saved_model.load(res["export"]["path"])
     images = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
     feats = list(loaded.signatures["serving_default"](tf.constant(images)).values())[0]
-    half = build_backbone("resnet18", width=0.0625).output_shape[-1]           # each view: half of x0.125
+    half = build_backbone("resnet10", width=0.0625).output_shape[-1]           # each view: half of x0.125
     assert feats.shape == (2, res["export"]["feature_dim"]) and res["export"]["feature_dim"] == 2 * half
 
 
@@ -246,7 +246,7 @@ def test_pirl_bank_follows_the_image_embedding_and_negatives_scale_with_the_data
     np.testing.assert_allclose(model.bank.rows.numpy()[index], _normalise(0.5 * rows[index] + 0.5 * f),
                                rtol=1e-4, atol=1e-5)
     assert scaled_negatives(1281167) == 32000 and scaled_negatives(45000) == 1124
-    assert METHODS["pirl"](build_backbone("resnet18", width=0.125), num_examples=45000).nce_k == 1124
+    assert METHODS["pirl"](build_backbone("resnet10", width=0.125), num_examples=45000).nce_k == 1124
 
 
 def test_pirl_two_replicas_match_one_device():

@@ -20,8 +20,8 @@ X = np.random.default_rng(0).random((8, 16, 16, 3)).astype(np.float32)
 
 def _pair():
     keras.utils.set_random_seed(0)
-    mixed = build_backbone("resnet18", width=0.125, image_size=16, precision="mixed_bfloat16")
-    plain = build_backbone("resnet18", width=0.125, image_size=16)
+    mixed = build_backbone("resnet10", width=0.125, image_size=16, precision="mixed_bfloat16")
+    plain = build_backbone("resnet10", width=0.125, image_size=16)
     plain.set_weights(mixed.get_weights())
     return mixed, plain
 
@@ -82,7 +82,7 @@ def test_mixed_train_step_loss_is_float32_and_matches_float32_step():
     logs, weights = {}, {}
     for precision in ("mixed_bfloat16", "float32"):
         keras.utils.set_random_seed(0)
-        enc = build_backbone("resnet18", width=0.125, image_size=16, precision=precision)
+        enc = build_backbone("resnet10", width=0.125, image_size=16, precision=precision)
         model = METHODS["simclr"](enc, 10, proj_hidden=32, proj_dim=16)
         model.total_steps = 10
         model.build_with(batch, keras.optimizers.SGD(0.05), fixed_optimizer=keras.optimizers.SGD(0.05))
@@ -111,7 +111,7 @@ def test_mixed_dino_head_computes_in_bfloat16_and_returns_float32():
     --precision, student and teacher head alike: float32 variables and gradients, bfloat16
     logits (the loss reads them in float32)."""
     keras.utils.set_random_seed(0)
-    enc = build_backbone("resnet18", width=0.125, image_size=16, precision="mixed_bfloat16")
+    enc = build_backbone("resnet10", width=0.125, image_size=16, precision="mixed_bfloat16")
     model = METHODS["dino"](enc, 0, out_dim=64, precision="mixed_bfloat16")
     plain = dino_head(64)
     plain.build(enc.output_shape)
@@ -168,7 +168,7 @@ def test_next_loss_scale_follows_the_dynamic_schedule():
 
 def _fp16_simclr(batch, precision="mixed_float16"):
     keras.utils.set_random_seed(0)
-    model = METHODS["simclr"](build_backbone("resnet18", width=0.125, image_size=16, precision=precision), 10,
+    model = METHODS["simclr"](build_backbone("resnet10", width=0.125, image_size=16, precision=precision), 10,
                               proj_hidden=32, proj_dim=16)
     model.set_schedule(model.steps_per_epoch, 10, loss_scaling=precision == "mixed_float16")
     model.build_with(batch, keras.optimizers.SGD(0.05, momentum=0.9),
@@ -244,8 +244,9 @@ def test_mixed_float16_skips_on_every_replica_when_one_overflows():
 
 
 def test_precision_flag_trains_exports_and_serves_float32_features(tmp_path):
-    run = Runner(Config(dataset="shapes:64,16", image_size=16, width=0.125, batch_size=16, epochs=1, progress=False,
-                        plots=False, mode="pretrain,export", precision="mixed_bfloat16", model_dir=str(tmp_path)),
+    run = Runner(Config(dataset="shapes:64,16", image_size=16, backbone="resnet10", width=0.125, batch_size=16,
+                        epochs=1, progress=False, plots=False, mode="pretrain,export", precision="mixed_bfloat16",
+                        model_dir=str(tmp_path)),
                  log=lambda *a: None)
     results = run.run()
     assert np.isfinite(results["pretrain"]["final"]["loss"])
@@ -295,7 +296,8 @@ def test_each_loss_family_first_loss_in_mixed_precision_matches_float32(tmp_path
     losses = {}
     for method in methods:
         for precision in ("float32", "mixed_bfloat16"):
-            c = Config(method=method, mode="pretrain", dataset="shapes:64,8", image_size=16, width=0.0625,
+            c = Config(method=method, mode="pretrain", dataset="shapes:64,8", image_size=16, backbone="resnet10",
+                       width=0.0625,
                        batch_size=8, epochs=1, progress=False, plots=False, random_baseline=False,
                        model_dir=str(tmp_path / f"{method}-{precision}"), proj_hidden=16,
                        pred_hidden=16, proj_dim=16, dino_out_dim=32, queue_size=16, nce_k=8, head_hidden=16,

@@ -35,7 +35,7 @@ def _batch(method_cls, n=16, seed=0, unlabelled_from=None):
 def _method(name, strategy=None, **extra):
     keras.utils.set_random_seed(0)
     cls = METHODS[name]
-    enc = build_backbone("resnet18", width=0.125, image_size=16, input_mode=cls.encoder_input)
+    enc = build_backbone("resnet10", width=0.125, image_size=16, input_mode=cls.encoder_input)
     return cls(enc, 10, **{**ARGS.get(name, {}), **extra})
 
 
@@ -94,7 +94,7 @@ def test_jigsaw_batch_permutation_subset_changes_per_step(tmp_path, monkeypatch)
 
 
 def test_colorization_encoder_sees_only_lightness_and_counts_bins_across_replicas():
-    enc = build_backbone("resnet18", width=0.125, image_size=16, input_mode="lightness")
+    enc = build_backbone("resnet10", width=0.125, image_size=16, input_mode="lightness")
     rgb = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)
     gray = np.repeat(rgb.mean(-1, keepdims=True), 3, -1)
     from ssl_tf.data import color

@@ -14,9 +14,9 @@ import tensorflow as tf
 from ssl_tf import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = ["--dataset=shapes:160,40", "--image_size=16", "--width=0.125", "--batch_size=16", "--epochs=3",
-       "--checkpoint_every=1", "--keep_checkpoints=2", "--progress=false", "--log_every=1", "--deterministic",
-       "--eval_epochs=20", "--random_baseline=false", "--plots=false", "--mode=pretrain,linear_eval"]
+RUN = ["--dataset=shapes:160,40", "--image_size=16", "--backbone=resnet10", "--width=0.125", "--batch_size=16",
+       "--epochs=3", "--checkpoint_every=1", "--keep_checkpoints=2", "--progress=false", "--log_every=1",
+       "--deterministic", "--eval_epochs=20", "--random_baseline=false", "--plots=false", "--mode=pretrain,linear_eval"]
 METHOD_FLAGS = {"simclr": ["--method=simclr"],
                 "byol": ["--method=byol", "--proj_hidden=64", "--pred_hidden=64", "--proj_dim=32"]}
 
@@ -70,23 +70,24 @@ def _killed_and_resumed(args, model_dir, rng, kills, total):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+# BYOL's state (model, optimiser, target network, probe, step) holds every kind SimCLR's has; DINO's
+# centre and teacher are more variables of the same checkpoint (tests/test_end_to_end.py)
+@pytest.mark.parametrize("method", ["byol"])
 def test_kill_9_at_random_moments_resumes_to_the_same_weights(tmp_path, method):
     args = RUN + METHOD_FLAGS[method]
     clean = _popen(args + [f"--model_dir={tmp_path / 'clean'}"])   # the reference, alongside the killed runs
     total = 3 * (160 // 16)   # 160 training images (shapes has its own eval split), batch 16, 3 epochs
-    outcomes = _killed_and_resumed(args, str(tmp_path / "killed"), np.random.default_rng(7), 3, total)
+    outcomes = _killed_and_resumed(args, str(tmp_path / "killed"), np.random.default_rng(7), 2, total)
     out = clean.communicate(timeout=300)[0]
     assert clean.returncode == 0, out
     print(method, outcomes)   # the runs and their outcomes (shown with -s)
     killed_at = [o[1] for o in outcomes if o[0] == "killed"]
-    assert len(killed_at) == 3 and min(killed_at) >= 1, outcomes
-    assert sum(s < total for s in killed_at) >= 2, outcomes       # killed during training, not only after it
+    assert len(killed_at) == 2 and min(killed_at) >= 1, outcomes
+    assert killed_at[0] < total, outcomes                         # killed during training, not only after it
     assert outcomes[-1][0] == "finished" and outcomes[-1][1] == total and outcomes[-1][2]
     a, b = _checkpoint_values(tmp_path / "clean" / "pretrain"), _checkpoint_values(tmp_path / "killed" / "pretrain")
     assert a.keys() == b.keys() and len(a) > 20   # model, optimizer slots, target network, probe, step
-    if method == "byol":
-        assert any("target" in k for k in a), sorted(a)[:20]
+    assert any("target" in k for k in a), sorted(a)[:20]
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
     ra, rb = (json.load(open(tmp_path / d / "results.json")) for d in ("clean", "killed"))
@@ -130,8 +131,9 @@ def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, monke
         bad = tf.cast(self.optimizer.iterations, tf.float32) >= 5.0
         return {**logs, "loss": tf.where(bad, tf.constant(float("nan")), logs["loss"])}
     monkeypatch.setattr(simclr.SimCLR, "train_step", poisoned)
-    cfg = config_lib.Config(mode="pretrain", dataset="shapes:64,16", image_size=16, width=0.125, batch_size=16,
-                            epochs=3, checkpoint_every=2, progress=False, model_dir=str(tmp_path), plots=False)
+    cfg = config_lib.Config(mode="pretrain", dataset="shapes:64,16", image_size=16, backbone="resnet10", width=0.125,
+                            batch_size=16, epochs=3, checkpoint_every=2, progress=False, model_dir=str(tmp_path),
+                            plots=False)
     with pytest.raises(SSLTFError) as e:
         Runner(cfg, log=lambda *a: None).pretrain()
     message = str(e.value)
@@ -141,7 +143,8 @@ def test_nan_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, monke
 
 @pytest.mark.slow
 def test_deterministic_runs_give_bit_identical_losses(cli, tmp_path):
-    args = ["--mode=pretrain", "--dataset=shapes:96,16", "--image_size=16", "--width=0.125", "--batch_size=16",
+    args = ["--mode=pretrain", "--dataset=shapes:96,16", "--image_size=16", "--backbone=resnet10", "--width=0.125",
+            "--batch_size=16",
             "--epochs=1", "--max_steps=4", "--progress=false", "--log_every=1", "--deterministic",
             "--plots=false", "--method=moco", "--queue_size=64", "--bn_groups=2"]
     runs = []
@@ -191,7 +194,8 @@ def test_multi_worker_lockstep_equals_one_process_and_resumes_after_a_worker_die
     # Float rounding differences between 1 and 2 replicas (sums in another order) stay ~1e-6 for a
     # few steps, then grow chaotically on this tiny net (an in-process MirroredStrategy shows the same):
     # one process and two workers are compared at step 4; lockstep and resume are checked bitwise.
-    args = ["--mode=pretrain", "--dataset=shapes:96,16", "--image_size=16", "--width=0.125", "--batch_size=16",
+    args = ["--mode=pretrain", "--dataset=shapes:96,16", "--image_size=16", "--backbone=resnet10", "--width=0.125",
+            "--batch_size=16",
             "--epochs=2", "--checkpoint_every=2", "--keep_checkpoints=6", "--progress=false", "--log_every=1",
             "--deterministic", "--plots=false", "--learning_rate=0.01"]
     # the reference: one process, 2 replicas (MirroredStrategy; equal to one device: tests/test_distribute.py),
@@ -283,8 +287,8 @@ def test_images_smaller_than_the_crop_are_upscaled_and_the_batch_must_split_over
     rng = np.random.default_rng(0)
     path = tmp_path / "tiny.npz"
     np.savez(path, images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8), labels=np.arange(40) % 2)
-    base = dict(mode="pretrain", dataset=f"npz:{path}", width=0.0625, batch_size=8, epochs=1, max_steps=1,
-                progress=False, plots=False, proj_dim=8, head_hidden=8)
+    base = dict(mode="pretrain", dataset=f"npz:{path}", backbone="resnet10", width=0.0625, batch_size=8, epochs=1,
+                max_steps=1, progress=False, plots=False, proj_dim=8, head_hidden=8)
     with pytest.raises(SSLTFError, match="images are 6 px: pass --image_size"):
         Runner(config_lib.Config(model_dir=str(tmp_path / "a"), **base), log=lambda *a: None)
     for method in ("simclr", "jigsaw"):   # random resized crops and 3×3 patch grids of 6-px images

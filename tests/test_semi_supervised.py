@@ -124,7 +124,7 @@ def tiny_examples(n=40, classes=4, labelled_every=4):
 
 
 def tiny_encoder():
-    return build_backbone("resnet18", width=0.0625, image_size=16)
+    return build_backbone("resnet10", width=0.0625, image_size=16)
 
 
 def test_semi_stream_gives_b_labelled_and_mu_b_unlabelled():
@@ -332,7 +332,8 @@ def test_fine_tuning_follows_simclrs_epochs_and_takes_eight_steps_an_epoch(tmp_p
     assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.01)).ft_epochs == 60      # SimCLR B.5
     assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.1)).ft_epochs == 30
     assert resolve(Config(dataset="tfds:cifar10", label_fraction=0.01, ft_epochs=7)).ft_epochs == 7
-    common = dict(dataset="shapes:400,40", image_size=16, width=0.0625, batch_size=256, max_steps=1, ft_epochs=1,
+    common = dict(dataset="shapes:400,40", image_size=16, backbone="resnet10", width=0.0625, batch_size=256,
+                  max_steps=1, ft_epochs=1,
                   label_fraction=0.5, progress=False, plots=False, random_baseline=False)
     res = Runner(Config(mode="pretrain,finetune", model_dir=str(tmp_path / "a"), **common), log=lambda *a: None).run()
     ft = res["finetune"]["50%"]

@@ -179,6 +179,8 @@ class FeatureExtractor:
                     raise SSLTFError(f"export {self.path}: encoded image {i} declares {pixels:,} pixels, more than "
                                      f"the {MAX_IMAGE_PIXELS:,} ssl_tf decodes (a decompression bomb?)")
                 tf.io.decode_image(bytes(data), channels=3, expand_animations=False)
+            except SSLTFError:      # a ValueError too: the bomb's message as it is, not wrapped and clipped
+                raise
             except (tf.errors.InvalidArgumentError, ValueError) as e:
                 raise SSLTFError(f"export {self.path}: encoded image {i} cannot be decoded "
                                  f"({str(e).splitlines()[0][:120]}); accepted: JPEG/PNG/BMP/GIF bytes") from None

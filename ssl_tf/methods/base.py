@@ -390,8 +390,8 @@ class SSLMethod(keras.Model):
         """``tf.random.stateless_uniform([batch, *shape], …)`` for this replica's ``batch`` examples:
         drawn for the global batch with one seed per step and sliced per replica, so that 2 replicas
         draw what one device does (memory-bank negatives, AMDIM's locations, PIRL's tile orders)."""
-        everyone = tf.random.stateless_uniform(tf.concat([[batch * distribute.num_replicas()], shape], 0),
-                                               self.step_seed(salt, per_replica=False), **uniform)
+        size = tf.concat([[tf.cast(batch, tf.int32) * distribute.num_replicas()], tf.cast(shape, tf.int32)], 0)
+        everyone = tf.random.stateless_uniform(size, self.step_seed(salt, per_replica=False), **uniform)
         rid = distribute.replica_id()
         return everyone[rid * batch:(rid + 1) * batch]
 
