@@ -65,7 +65,9 @@ def test_each_budget_flagfile_parses_names_its_budget_and_trains_two_steps(metho
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(["ssl-tf", f"--flagfile={path}", "--dataset=shapes:32,8", "--image_size=16", "--backbone=resnet10",
-        "--width=0.0625", "--batch_size=8", "--max_steps=2", "--mode=pretrain", "--progress=false", "--plots=false",
+        "--width=0.0625", "--batch_size=8",
+        *(["--obow_words=16"] if method == "obow" else []),   # a vocabulary no larger than the 32 images
+        "--max_steps=2", "--mode=pretrain", "--progress=false", "--plots=false",
         f"--model_dir={tmp_path}"])
     cfg = cli.config_from_flags(fv)
     assert cfg.method == method and cfg.train_minutes == 20

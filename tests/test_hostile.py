@@ -115,7 +115,7 @@ def test_a_full_disk_is_named_and_the_failed_save_leaves_nothing(tmp_path, monke
     assert not [n for n in os.listdir(tmp_path / "ck") if n.startswith(".tmp-ckpt-")]
     from ssl_tf import cli
 
-    def main(argv):
+    def main(argv, flag_values=None):
         raise tf.errors.ResourceExhaustedError(None, None, f"{tmp_path}/f; No space left on device")
     monkeypatch.setattr(cli, "main", main)
     with pytest.raises(SystemExit) as exit_:
@@ -198,14 +198,12 @@ def test_feature_extractor_refuses_damaged_exports_ragged_lists_and_none(tmp_pat
 @pytest.mark.parametrize("args, says", [(["--methd=simclr"], "Did you mean: method"),
                                         (["--method=nope"], "--method=nope"),
                                         (["--batch_size=abc"], "--batch_size=abc")])
-def test_flag_mistakes_are_one_line_with_exit_status_2(args, says):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "ssl_tf.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("ssl-tf")]
-    assert len(lines) == 1 and lines[0].startswith("ssl-tf: error: ") and says in lines[0], proc.stderr
-    assert "FATAL" not in proc.stderr and "Traceback" not in proc.stderr
+def test_flag_mistakes_are_one_line_with_exit_status_2(cli_in_process, args, says):
+    code, _, err = cli_in_process(*args)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("ssl-tf")]
+    assert len(lines) == 1 and lines[0].startswith("ssl-tf: error: ") and says in lines[0], err
+    assert "FATAL" not in err
 
 
 # -- concurrency and ordering -----------------------------------------------------------------------------------

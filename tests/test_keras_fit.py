@@ -17,7 +17,7 @@ from ssl_tf.models import backbone_builder, build_backbone
 
 SMALL = dict(proj_hidden=16, pred_hidden=16, proj_dim=16, dino_out_dim=32, queue_size=16, nce_k=8, head_hidden=16,
              embed_dim=16, num_permutations=10, num_local_crops=2, num_exemplar_copies=2, mu=2,
-             cpc_context_hidden=16, dim_mi_units=16, amdim_rkhs=16)
+             cpc_context_hidden=16, dim_mi_units=16, amdim_rkhs=16, obow_words=16)
 AUGMENT = views.AugmentConfig(image_size=16, num_local_crops=2, local_size=8, num_copies=2, patch_size=8,
                               cpc_patch_size=4, cpc_patch_stride=2)
 

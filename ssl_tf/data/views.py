@@ -38,6 +38,7 @@ class AugmentConfig:
     local_size: int = 16                            # DINO: 96 at 224 px
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    global_crop_max: float = 1.0                    # OBoW: global crops cover at most 60% of the area
     # semi-supervised (FixMatch, MixMatch)
     translate: float = 0.125                        # weak view: shift by up to 12.5% (FixMatch)
     randaugment_ops: int = 2                        # strong view: RandAugment ops per image (FixMatch: 2)
@@ -78,12 +79,32 @@ def multi_crop(image, seed, cfg: AugmentConfig):
     stacked [2, S, S, 3], and ``num_local_crops`` views of ``local_crop_scale`` at ``local_size``
     (blur p=0.5 when enabled), stacked [n, s, s, 3]."""
     s = ops.split_seed(seed, 1 + cfg.num_local_crops)
-    globals_ = tf.stack(asymmetric_two_views(image, s[0], dataclasses.replace(cfg, crop_scale=cfg.global_crop_scale)))
+    scale = (cfg.global_crop_scale[0], min(cfg.global_crop_scale[1], cfg.global_crop_max))
+    globals_ = tf.stack(asymmetric_two_views(image, s[0], dataclasses.replace(cfg, crop_scale=scale)))
     local = dataclasses.replace(cfg, image_size=cfg.local_size, crop_scale=cfg.local_crop_scale,
                                 blur_p=0.5 if cfg.blur_p > 0 else 0.0, solarize_p=0.0)
     locals_ = [simclr_view(image, s[1 + i], local) for i in range(cfg.num_local_crops)]
     locals_ = tf.stack(locals_) if locals_ else tf.zeros([0, cfg.local_size, cfg.local_size, 3])
     return globals_, locals_
+
+
+def local_crop_side(image_size: int) -> int:
+    """The default side of multi-crop's local crops: 96 at 224 px (DINO §3.1) scaled to the image,
+    half the image at <= 32 px."""
+    return image_size // 2 if image_size <= 32 else round(image_size * 96 / 224)
+
+
+def obow_views(image, seed, cfg: AugmentConfig):
+    """OBoW's views (Gidaris et al. 2021, §4): the teacher's — the whole image, flipped at random, no
+    colour change — and the student's multi-crop, ``multi_crop`` with crops of ``global_crop_scale``
+    (OBoW: 8 % to 60 % of the area) and ``num_local_crops`` small ones: ([S, S, 3], [2, S, S, 3],
+    [n, s, s, 3])."""
+    s = ops.split_seed(seed, 2)
+    x = ops.to_float(image)
+    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
+        x = ops.resize(x, cfg.image_size)
+    teacher = tf.ensure_shape(ops.random_flip(x, s[0]), [cfg.image_size, cfg.image_size, 3])
+    return (teacher, *multi_crop(image, s[1], cfg))
 
 
 def crop_flip_view(image, seed, cfg: AugmentConfig):
@@ -201,6 +222,7 @@ RECIPES = {
     "two_views": two_views,
     "asymmetric_two_views": asymmetric_two_views,
     "multi_crop": multi_crop,
+    "obow": obow_views,
     "crop_flip": crop_flip_view,
     "rotations": rotations,
     "patch_grid": patch_grid,

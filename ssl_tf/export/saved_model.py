@@ -43,9 +43,10 @@ def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
 
     def from_bytes(encoded):
         def decode(data):
-            tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
-                                           message=f"image declares more than {MAX_IMAGE_PIXELS} pixels")
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            check = tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+                                                   message=f"image declares more than {MAX_IMAGE_PIXELS} pixels")
+            with tf.control_dependencies([check]):   # the decoder must not start on a bomb before the check fails
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
             return views.eval_view(image, image_size)
         images = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))

@@ -1,4 +1,5 @@
 """Losses: pure functions of tensors, each with its formula and paper in the docstring."""
+from ssl_tf.losses.bow import bow_prediction_loss, local_average_pick, soft_bow, word_distances  # noqa: F401
 from ssl_tf.losses.classification import cross_entropy, rebalanced_cross_entropy, rebalancing_weights  # noqa: F401
 from ssl_tf.losses.contrastive import (  # noqa: F401
     ContrastiveOutput,

@@ -20,6 +20,7 @@ from ssl_tf.methods.mixmatch import MixMatch  # noqa: F401
 from ssl_tf.methods.moco import MoCo  # noqa: F401
 from ssl_tf.methods.moco_v3 import MoCoV3  # noqa: F401
 from ssl_tf.methods.npid import NPID  # noqa: F401
+from ssl_tf.methods.obow import OBoW  # noqa: F401
 from ssl_tf.methods.pirl import PIRL  # noqa: F401
 from ssl_tf.methods.relative_patch_location import RelativePatchLocation  # noqa: F401
 from ssl_tf.methods.rotation import Rotation  # noqa: F401

@@ -118,6 +118,14 @@ def write_rows(variable, rows, values):
     target.scatter_update(tf.IndexedSlices(tf.cast(values, target.dtype), rows))
 
 
+def enqueue(queue, pointer, values):
+    """Write ``values`` [B, C] over the B oldest rows of ``queue`` [K, C], a ring whose oldest row is
+    at ``pointer`` (MoCo's keys, OBoW's words); K is a multiple of B, so a batch never wraps halfway."""
+    n = tf.shape(values)[0]
+    write_rows(queue, (pointer + tf.range(n)) % queue.shape[0], values)
+    pointer.assign((pointer + n) % queue.shape[0])
+
+
 def updated_rows(rows, features, momentum: float):
     """The memory-bank update v ← (m·v + (1 − m)·f) / ||m·v + (1 − m)·f|| (NPID §3.2)."""
     return tf.math.l2_normalize(momentum * rows + (1.0 - momentum) * features, -1)

@@ -18,6 +18,7 @@ from typing import Optional
 import tensorflow as tf
 
 from ssl_tf import distribute
+from ssl_tf.data import views
 from ssl_tf.losses import dino_loss, updated_center
 from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
 from ssl_tf.methods.settings import MomentumParams, check, param, register
@@ -57,8 +58,7 @@ class DINO(SSLMethod):
 
         def resolve(self, shared):
             if self.local_crop_size is None:
-                size = shared.image_size
-                self.local_crop_size = size // 2 if size <= 32 else round(size * 96 / 224)
+                self.local_crop_size = views.local_crop_side(shared.image_size)
 
         def validate(self, shared):
             super().validate(shared)

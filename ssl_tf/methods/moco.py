@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.losses import info_nce
-from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, write_rows
+from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, enqueue
 from ssl_tf.methods.settings import MomentumParams, check, param, register
 from ssl_tf.models import mlp
 
@@ -137,10 +137,7 @@ class MoCo(SSLMethod):
     def enqueue(self, keys):
         """Write ``keys`` [B, C] (normalised) over the oldest entries: the queue is a ring whose
         oldest row is at ``queue_ptr``; K is a multiple of B."""
-        n = tf.shape(keys)[0]
-        rows = (self.queue_ptr + tf.range(n)) % self.queue.shape[0]
-        write_rows(self.queue, rows, tf.math.l2_normalize(keys, -1))
-        self.queue_ptr.assign((self.queue_ptr + n) % self.queue.shape[0])
+        enqueue(self.queue, self.queue_ptr, tf.math.l2_normalize(keys, -1))
 
     def ordered_queue(self):
         """The queue oldest → newest."""

@@ -20,6 +20,7 @@ from ssl_tf.models.heads import (  # noqa: F401
     pretext_head,
     prior_discriminator,
     projection_head,
+    word_generator,
 )
 from ssl_tf.models.layers import INPUT_MODES, NORMS, PRECISIONS, compute_dtype, dtype_policy, normalization  # noqa: F401
 from ssl_tf.models.multiview import view_backbones, view_encoder  # noqa: F401

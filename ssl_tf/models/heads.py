@@ -167,6 +167,20 @@ def cpc_context(dim: int, hidden: int = 256, blocks: int = 5, name: str = "conte
     return keras.Model(grid, layers.ReLU(name="relu")(x), name=name)
 
 
+def word_generator(word_dim: int, out_dim: int, hidden_dim: int | None = None, name: str = "word_generator"):
+    """OBoW's dynamic prediction head (Gidaris et al. 2021, §3.2): "the weights of the BoW prediction
+    head are generated from the current vocabulary by a small network", so the head follows the
+    changing words. Each word → L2 normalisation → Dense(hidden, no bias) → BN → ReLU → Dense(out_dim)
+    → L2 normalisation: one unit-norm weight vector per word (valeoai/obow ``BoWPredictor``, hidden
+    2 × out_dim). The BN's batch is the vocabulary, the same on every replica: no sync needed."""
+    hidden_dim = hidden_dim or 2 * out_dim
+    x = keras.Input((word_dim,))
+    y = layers.Dense(hidden_dim, use_bias=False, name="dense0")(L2Normalize(name="normalize_words")(x))
+    y = layers.ReLU(name="relu0")(BatchNorm(name="bn0")(y))
+    y = L2Normalize(name="normalize_weights")(layers.Dense(out_dim, name="dense1")(y))
+    return keras.Model(x, y, name=name)
+
+
 def mi_embedding(input_dim: int, units: int = 2048, synchronized_bn: bool = False,
                  name: str = "mi_embedding") -> keras.Model:
     """Deep InfoMax's encode-and-dot-product embedding (Hjelm et al. 2019, appendix A.2; rdevon/DIM
