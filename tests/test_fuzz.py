@@ -20,7 +20,7 @@ from ssl_tf.methods import METHODS
 
 FLAG_CASES = 600
 FILE_CASES = 150
-RUN_CASES = 6
+RUN_CASES = 4
 
 # Values worth trying per flag type: valid, boundary, invalid and absurd.
 INTS = ["0", "1", "2", "3", "-1", "7", "16", "64", "100000", "abc", ""]
