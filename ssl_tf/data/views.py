@@ -95,16 +95,12 @@ def local_crop_side(image_size: int) -> int:
 
 
 def obow_views(image, seed, cfg: AugmentConfig):
-    """OBoW's views (Gidaris et al. 2021, §4): the teacher's — the whole image, flipped at random, no
-    colour change — and the student's multi-crop, ``multi_crop`` with crops of ``global_crop_scale``
-    (OBoW: 8 % to 60 % of the area) and ``num_local_crops`` small ones: ([S, S, 3], [2, S, S, 3],
-    [n, s, s, 3])."""
+    """OBoW's views (Gidaris et al. 2021, §4): the teacher's — the evaluation view (valeoai/obow: resize
+    and centre crop), flipped at random, no colour change — and the student's multi-crop, ``multi_crop``
+    with crops of ``global_crop_scale`` (OBoW: 8 % to 60 % of the area) and ``num_local_crops`` small
+    ones: ([S, S, 3], [2, S, S, 3], [n, s, s, 3])."""
     s = ops.split_seed(seed, 2)
-    x = ops.to_float(image)
-    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
-        x = ops.resize(x, cfg.image_size)
-    teacher = tf.ensure_shape(ops.random_flip(x, s[0]), [cfg.image_size, cfg.image_size, 3])
-    return (teacher, *multi_crop(image, s[1], cfg))
+    return (ops.random_flip(eval_view(image, cfg.image_size), s[0]), *multi_crop(image, s[1], cfg))
 
 
 def crop_flip_view(image, seed, cfg: AugmentConfig):

@@ -1,7 +1,7 @@
 """OBoW (Gidaris et al. 2021, *OBoW: Online Bag-of-Visual-Words Generation for Self-Supervised
 Learning*): a student predicts the bag of visual words of a teacher's feature maps.
 
-The teacher, an EMA of the student (momentum 0.99 → 1 on a cosine), sees the whole image (flipped
+The teacher, an EMA of the student (momentum 0.99 → 1 on a cosine), sees the evaluation view (flipped
 at random); its maps at two levels (``--obow_levels``, ResNet blocks 3 and 4) are quantised
 against each level's vocabulary of K words with OBoW's soft assignment, and each image's target is
 the bag of words over its locations (``losses.soft_bow``). The vocabulary is online: a queue to
