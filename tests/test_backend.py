@@ -164,7 +164,8 @@ def test_cli_records_the_machine_fingerprint(tmp_path, setting):
     model_dir = tmp_path / "run"
     env = _env(TF_CPP_MIN_LOG_LEVEL="2", **({backend.ONEDNN_ENV: setting} if setting else {}))
     out = subprocess.run([sys.executable, "-m", "ssl_tf.cli", "--dataset=shapes:32,8", "--image_size=16",
-                          "--width=0.0625", "--batch_size=8", "--max_steps=1", "--mode=pretrain", "--progress=false",
+                          "--backbone=resnet10", "--width=0.0625", "--batch_size=8", "--max_steps=1",
+                          "--mode=pretrain", "--progress=false",
                           "--plots=false", f"--model_dir={model_dir}"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

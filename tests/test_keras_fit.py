@@ -40,7 +40,7 @@ def _method(name, data):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_trains_with_keras_fit(name):
+def test_every_method_trains_with_keras_fit(name, tmp_path):
     data = _data()
     method = _method(name, data)
     history = method.fit(method.stream(data, 8, AUGMENT), epochs=2, steps_per_epoch=2, verbose=0)
@@ -50,6 +50,15 @@ def test_every_method_trains_with_keras_fit(name):
     start = _method(name, data).encoder.get_weights()                  # same seed: the weights before training
     moved = [not np.array_equal(a, b) for a, b in zip(start, method.encoder.get_weights())]
     assert len(start) == len(moved) and any(moved)
+    # every variable of the method is in its checkpoint, listed ones too (queues, banks, BN statistics)
+    path = tf.train.Checkpoint(model=method).write(str(tmp_path / "ckpt"))
+    variables = list({id(v): v for v in method.weights}.values())
+    saved = [v.numpy().copy() for v in variables]
+    for v in variables:
+        v.assign(tf.fill(v.shape, tf.cast(7, v.dtype)))
+    tf.train.Checkpoint(model=method).read(path)
+    lost = [v.path for v, a in zip(variables, saved) if not np.array_equal(v.numpy(), a)]
+    assert not lost, lost
 
 
 class _StopAt(keras.callbacks.Callback):

@@ -228,6 +228,22 @@ class SSLMethod(keras.Model):
         self.probe_optimizer = None
         self.fixed_optimizer = None
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != "checkpoint":
+            return children
+        # Keras keeps a list attribute as its own TrackedList, which tf.train.Checkpoint does not walk. Only
+        # the trainable variables of a listed layer reached checkpoints (through the optimizer); a method's
+        # listed state — OBoW's word queues and their pointers, CMC's memory banks, BN statistics of listed
+        # networks — was left out and a resumed run restarted it. Each item becomes a child "<attr>_<i>".
+        for attr, value in list(vars(self).items()):
+            if attr.startswith("_") or not isinstance(value, (list, tuple)):
+                continue
+            for i, item in enumerate(value):
+                if isinstance(item, tf.__internal__.tracking.Trackable):
+                    children.setdefault(f"{attr}_{i}", item)
+        return children
+
     @classmethod
     def make_encoder(cls, backbone, cfg) -> keras.Model:
         """The encoder the method trains, evaluation probes, fine-tuning starts from and export writes,
