@@ -89,6 +89,13 @@ def resolve(path: str) -> str | None:
     return path if os.path.exists(path + ".index") else None
 
 
+def read_encoder(encoder, checkpoint: str, attr: str = "encoder") -> None:
+    """Restore ``encoder`` from a pretraining ``checkpoint`` (a prefix), where the method that wrote
+    it kept it as ``attr`` (``model.<attr>``); raises TensorFlow's error if it does not match."""
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(**{attr: encoder})).read(checkpoint)
+    status.expect_partial().assert_existing_objects_matched()
+
+
 def describe_write_error(e: Exception, path: str | None = None) -> str:
     """A write failure in a few words: a full disk (with the free space left) told apart from the rest."""
     text = str(e)

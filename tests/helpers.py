@@ -4,7 +4,19 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_tf import distribute
-from ssl_tf.data import pipeline
+from ssl_tf.data import pipeline, shapes
+from ssl_tf.data.sources import Examples
+
+
+def shapes_examples(n=16, image_size=16):
+    """``n`` labelled images of the built-in shapes dataset (seed 0)."""
+    x, y = shapes.generate(n, seed=0, image_size=image_size)
+    return Examples("t", y, 10, images=x)
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def run_replica_steps(strategy, model, examples, view_fn, global_batch, steps):

@@ -17,7 +17,7 @@ from ssl_tf.models import backbone_builder, build_backbone
 
 SMALL = dict(proj_hidden=16, pred_hidden=16, proj_dim=16, dino_out_dim=32, queue_size=16, nce_k=8, head_hidden=16,
              embed_dim=16, num_permutations=10, num_local_crops=2, num_exemplar_copies=2, mu=2,
-             cpc_context_hidden=16, dim_mi_units=16, amdim_rkhs=16, obow_words=16)
+             cpc_context_hidden=16, dim_mi_units=16, amdim_rkhs=16, obow_words=16, bow_words=16)
 AUGMENT = views.AugmentConfig(image_size=16, num_local_crops=2, local_size=8, num_copies=2, patch_size=8,
                               cpc_patch_size=4, cpc_patch_stride=2)
 
@@ -33,6 +33,7 @@ def _method(name, data):
     cls = METHODS[name]
     encoder = cls.make_encoder(backbone_builder("resnet10", width=0.0625, input_mode=cls.encoder_input), c)
     method = METHODS[name].from_config(c, encoder, data.num_classes, num_examples=len(data))
+    method.prepare(data, log=lambda *a: None)         # BoWNet's k-means (a random-init teacher here)
     if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
         method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9))

@@ -5,11 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import one_device_and_two_replicas_agree, run_replica_steps
+from helpers import np_softmax, one_device_and_two_replicas_agree, run_replica_steps, shapes_examples
 
 from ssl_tf.config import Config, resolve
-from ssl_tf.data import pipeline, shapes, views
-from ssl_tf.data.sources import Examples
+from ssl_tf.data import pipeline, views
 from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import bow_prediction_loss, local_average_pick, soft_bow, word_distances
 from ssl_tf.methods import METHODS
@@ -21,22 +20,12 @@ CFG = views.AugmentConfig(image_size=16, num_local_crops=1, local_size=8, global
 RNG = np.random.default_rng(0)
 
 
-def _examples(n=16):
-    x, y = shapes.generate(n, seed=0, image_size=16)
-    return Examples("t", y, 10, images=x)
-
-
-def _np_softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _np_bow(fmap, words, inv_delta, mean_min):
     """OBoW §3.1: d² to every word, codes softmax(−d²·inv_delta/μ), max over locations, L1-normalised."""
     b, c = fmap.shape[0], fmap.shape[-1]
     f = fmap.reshape(b, -1, c)
     d = ((f[:, :, None, :] - words[None, None]) ** 2).sum(-1)
-    bag = _np_softmax(-d * inv_delta / mean_min).max(1)
+    bag = np_softmax(-d * inv_delta / mean_min).max(1)
     return d, bag / bag.sum(-1, keepdims=True)
 
 
@@ -53,15 +42,15 @@ def test_word_distances_and_the_soft_bag_of_words_follow_the_formula():
 
 
 def test_bow_prediction_loss_value_and_gradient_against_numpy():
-    t = _np_softmax(RNG.normal(size=(4, 6)) * 3).astype(np.float32)
+    t = np_softmax(RNG.normal(size=(4, 6)) * 3).astype(np.float32)
     z = tf.constant(RNG.normal(size=(4, 6)).astype(np.float32))
     with tf.GradientTape() as tape:
         tape.watch(z)
         loss = bow_prediction_loss(t, z)
-    log_p = np.log(_np_softmax(z.numpy()))
+    log_p = np.log(np_softmax(z.numpy()))
     np.testing.assert_allclose(float(loss), -(t * log_p).sum(-1).mean(), rtol=1e-5)
     # d/dz of −Σ t log softmax(z), batch mean: (softmax(z) − t) / b
-    np.testing.assert_allclose(tape.gradient(loss, z).numpy(), (_np_softmax(z.numpy()) - t) / 4, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, z).numpy(), (np_softmax(z.numpy()) - t) / 4, atol=1e-6)
 
 
 def test_local_average_pick_is_a_3x3_mean_at_the_drawn_window():
@@ -91,7 +80,7 @@ def _obow(sync=False, words=8, **kw):
 
 
 def _batch(n=4):
-    return next(iter(pipeline.train_stream(_examples(), views.views_for("obow", CFG), global_batch=n, seed=0)))
+    return next(iter(pipeline.train_stream(shapes_examples(), views.views_for("obow", CFG), global_batch=n, seed=0)))
 
 
 def test_the_objective_is_the_papers_loss_and_a_step_updates_words_distances_and_teacher():
@@ -110,7 +99,7 @@ def test_the_objective_is_the_papers_loss_and_a_step_updates_words_distances_and
         _, bag = _np_bow(fmap, words[i], 10.0, mean)
 
         def ce(f):
-            return -(bag * np.log(_np_softmax(5.0 * f @ weights[i].T))).sum(-1).mean()
+            return -(bag * np.log(np_softmax(5.0 * f @ weights[i].T))).sum(-1).mean()
         # the two global crops averaged, plus the local crop: summed over the kinds
         expected_loss.append((ce(features[0]) + ce(features[1])) / 2 + ce(features[2]))
         side, kernel = fmap.shape[1], min(3, fmap.shape[1])
@@ -121,7 +110,7 @@ def test_the_objective_is_the_papers_loss_and_a_step_updates_words_distances_and
     np.testing.assert_allclose(float(out.loss), np.mean(expected_loss), rtol=2e-4)
 
     teacher_before = [w.numpy().copy() for w in model.teacher_encoder.trainable_weights]
-    run_replica_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), model, _examples(), views.views_for("obow", CFG),
+    run_replica_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), model, shapes_examples(), views.views_for("obow", CFG),
                       4, 1)
     for i in range(2):
         assert int(model.pointers[i].numpy()) == 4
@@ -133,7 +122,7 @@ def test_the_objective_is_the_papers_loss_and_a_step_updates_words_distances_and
 
 
 def test_obow_two_replicas_match_one_device():
-    one_device_and_two_replicas_agree(lambda: _obow(sync=True), views.views_for("obow", CFG), _examples())
+    one_device_and_two_replicas_agree(lambda: _obow(sync=True), views.views_for("obow", CFG), shapes_examples())
 
 
 @pytest.mark.parametrize("settings,flag", [

@@ -256,3 +256,24 @@ def patchwise_color_drop(tiles, seed, p: float, noise: float = 0.01):
     filler = mean + noise * tf.sqrt(var) * tf.random.stateless_normal(tf.shape(tiles), s[1])
     dropped = tiles * keep + filler * (1 - keep)
     return _where(_per_patch(s[2], n, p), dropped, tiles)
+
+
+def cutmix(images, targets, draws, partner):
+    """CutMix (Yun et al. 2019, §3.1) of a batch ``images`` [b, H, W, C] with soft ``targets`` [b, K]:
+    one box is cut from each image's ``partner`` [b] (indices into the batch) and pasted over it,
+    and the targets mix by the area each image keeps. ``draws`` [3] in [0, 1): λ ~ U(0, 1) (Beta(1, 1)),
+    then the box centre (row, column); the box has sides H·√(1 − λ) × W·√(1 − λ), clipped to the
+    image, and λ becomes the area kept outside it. Returns (images, targets, λ)."""
+    h, w = images.shape[1], images.shape[2]
+    cut = tf.sqrt(1.0 - draws[0])
+    cy, cx = draws[1] * h, draws[2] * w
+    y0 = tf.clip_by_value(tf.round(cy - cut * h / 2), 0, h)
+    y1 = tf.clip_by_value(tf.round(cy + cut * h / 2), 0, h)
+    x0 = tf.clip_by_value(tf.round(cx - cut * w / 2), 0, w)
+    x1 = tf.clip_by_value(tf.round(cx + cut * w / 2), 0, w)
+    rows = tf.range(h, dtype=tf.float32)
+    cols = tf.range(w, dtype=tf.float32)
+    box = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None]
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+    mixed = tf.where(box[None, :, :, None], tf.gather(images, partner), images)
+    return mixed, kept * targets + (1.0 - kept) * tf.gather(targets, partner), kept

@@ -103,6 +103,15 @@ def obow_views(image, seed, cfg: AugmentConfig):
     return (ops.random_flip(eval_view(image, cfg.image_size), s[0]), *multi_crop(image, s[1], cfg))
 
 
+def bownet_views(image, seed, cfg: AugmentConfig):
+    """BoWNet's pair (Gidaris et al. 2020, §3.2): the teacher's view — the evaluation view, flipped at
+    random, no colour change — whose bag of words is the target, and the student's perturbed view
+    (``simclr_view``: random resized crop, flip, colour jitter, grayscale; CutMix is applied to the
+    batch in the model): ([S, S, 3], [S, S, 3])."""
+    s = ops.split_seed(seed, 2)
+    return ops.random_flip(eval_view(image, cfg.image_size), s[0]), simclr_view(image, s[1], cfg)
+
+
 def crop_flip_view(image, seed, cfg: AugmentConfig):
     """Light augmentation for fine-tuning and probes: random resized crop and flip only."""
     s = ops.split_seed(seed, 2)
@@ -219,6 +228,7 @@ RECIPES = {
     "asymmetric_two_views": asymmetric_two_views,
     "multi_crop": multi_crop,
     "obow": obow_views,
+    "bownet": bownet_views,
     "crop_flip": crop_flip_view,
     "rotations": rotations,
     "patch_grid": patch_grid,

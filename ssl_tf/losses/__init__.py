@@ -1,5 +1,14 @@
 """Losses: pure functions of tensors, each with its formula and paper in the docstring."""
-from ssl_tf.losses.bow import bow_prediction_loss, local_average_pick, soft_bow, word_distances  # noqa: F401
+from ssl_tf.losses.bow import (  # noqa: F401
+    bow_prediction_loss,
+    hard_bow,
+    kmeans,
+    kmeans_assign,
+    kmeans_update,
+    local_average_pick,
+    soft_bow,
+    word_distances,
+)
 from ssl_tf.losses.classification import cross_entropy, rebalanced_cross_entropy, rebalancing_weights  # noqa: F401
 from ssl_tf.losses.contrastive import (  # noqa: F401
     ContrastiveOutput,

@@ -266,6 +266,17 @@ class SSLMethod(keras.Model):
         method.params = cfg.params      # its views' settings (patch size, local crops …) for ``stream``
         return method
 
+    @classmethod
+    def prior_runs(cls, cfg) -> list[dict]:
+        """Runs that ``ssl-tf`` pretrains before this one (BoWNet's teacher and earlier rounds), each as
+        ``Config`` changes with its own ``model_dir``; may point the resolved ``cfg`` at them."""
+        return []
+
+    def prepare(self, examples: Examples, log=print) -> None:
+        """Runs once, after the method is built and before training, with the training ``examples``
+        (BoWNet: k-means builds the vocabulary). ``fit`` users call it themselves."""
+        return None
+
     # -- the one hook a method writes -------------------------------------------------
     def objective(self, batch, training: bool) -> Objective:
         raise NotImplementedError

@@ -107,6 +107,30 @@ class WeightNormDense(layers.Layer):
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
+class ScaledUnitLinear(layers.Layer):
+    """BoWNet's prediction head Ω (Gidaris et al. 2020, §2.3): a "linear-plus-softmax layer" with
+    "L2-normalized weight vectors w̄_k" and "a learnable magnitude parameter γ", no bias: scores
+    γ · w̄_kᵀ x. The visual words are unbalanced; with free weight norms the network would make each
+    weight's magnitude follow its word's frequency (the paper's reason)."""
+
+    def __init__(self, units: int, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.scale_init = units, scale
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="he_normal", name="kernel")
+        self.scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.scale_init),
+                                     name="scale")
+
+    def call(self, x):
+        import tensorflow as tf
+        return self.scale * tf.matmul(tf.cast(x, tf.float32), tf.math.l2_normalize(self.kernel, 0))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.scale_init}
+
+
+@keras.saving.register_keras_serializable("ssl_tf")
 class L2Normalize(layers.Layer):
     def call(self, x):
         import tensorflow as tf

@@ -7,6 +7,7 @@ training loop in ``loop`` and the run's record in ``results``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import time
@@ -145,6 +146,25 @@ class Runner:
         results.save(self)
         return self.results
 
+    def derived(self, **changes) -> "Runner":
+        """Another run on this one's strategy and data, with ``changes`` to the settings (its own
+        ``model_dir``): a run that must pretrain before this one (``SSLMethod.prior_runs``). The method
+        parameters carry over, as resolved here."""
+        args = {**(dataclasses.asdict(self.cfg.params) if self.cfg.params is not None else {}),
+                **{k: changes.pop(k) for k in list(changes) if k not in self._SHARED}}
+        cfg = config_lib.resolve(dataclasses.replace(self.cfg, params=None, method_args=args, mode="pretrain",
+                                                     **changes), self.cfg.image_size)
+        child = copy.copy(self)
+        _usable_run_dir(cfg.model_dir)
+        child.cfg, child.method = cfg, METHODS[cfg.method]
+        child.model_cfg = dataclasses.replace(cfg, global_bn=cfg.global_bn and self.replicas > 1)
+        child.results_path = os.path.join(cfg.model_dir, "results.json")
+        child.results = results.load(child.results_path)
+        child._lock_depth, child._encoder, child.feature_cache = 0, None, {}
+        return child
+
+    _SHARED = frozenset(f.name for f in dataclasses.fields(config_lib.Config))
+
     # ------------------------------------------------------------------ building blocks
     def build_encoder(self) -> keras.Model:
         c = self.model_cfg
@@ -222,8 +242,7 @@ class Runner:
         method = written_by(checkpoint) or self.cfg.method
         attr = METHODS[method].eval_encoder_attr if method in METHODS else "encoder"
         try:
-            status = tf.train.Checkpoint(model=tf.train.Checkpoint(**{attr: encoder})).read(checkpoint)
-            status.expect_partial().assert_existing_objects_matched()
+            checkpoints.read_encoder(encoder, checkpoint, attr)
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise SSLTFError(f"{flag}={checkpoint}: does not hold a {self.cfg.backbone} encoder of "
                              f"width {self.cfg.width} ({str(e).splitlines()[0][:200]})") from None

@@ -13,6 +13,13 @@ def run(runner) -> dict:
     if method.needs_labels and not len(runner.labelled_idx):
         raise SSLTFError(f"--method={cfg.method} needs labelled training data; {runner.data.train.name} has no "
                          "labels (use a labelled source, e.g. npz:PATH with labels)")
+    for changes in method.prior_runs(cfg):   # e.g. BoWNet's teacher: trained first, resumed if cut short
+        prior = runner.derived(**changes)
+        if "pretrain" in prior.results:
+            runner.log(f"[pretrain] {prior.cfg.method} run in {prior.cfg.model_dir}: already trained")
+        else:
+            runner.log(f"[pretrain] first a {prior.cfg.method} run in {prior.cfg.model_dir}")
+            prior.pretrain()
     train = runner.fraction_labelled_train()
 
     def make_optimizer(total, per_epoch, constant=False):
@@ -24,7 +31,9 @@ def run(runner) -> dict:
         encoder = runner.build_encoder()
         if cfg.init_from:
             runner.load_encoder(encoder, cfg.init_from, "--init_from")
-        return method.from_config(runner.model_cfg, encoder, runner.data.num_classes, num_examples=len(train))
+        model = method.from_config(runner.model_cfg, encoder, runner.data.num_classes, num_examples=len(train))
+        model.prepare(train, runner.log)
+        return model
 
     model, summary = loop.train(runner, make_model, train, epochs=cfg.epochs, global_batch=cfg.batch_size,
                                 make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps,
