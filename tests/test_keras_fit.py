@@ -27,7 +27,7 @@ def _data(n=64):
     return Examples("random", rng.integers(0, 4, n), 4, images=rng.integers(0, 256, (n, 16, 16, 3), np.uint8))
 
 
-def _method(name, data):
+def _method(name, data, run_eagerly=False):
     keras.utils.set_random_seed(0)
     c = resolve(Config(method=name, dataset="npz:x", image_size=16, width=0.0625, batch_size=8, **SMALL), 16)
     cls = METHODS[name]
@@ -36,14 +36,16 @@ def _method(name, data):
     method.prepare(data, log=lambda *a: None)         # BoWNet's k-means (a random-init teacher here)
     if getattr(method, "fix_pred_lr", False):   # SimSiam's predictor at a constant rate
         method.fixed_optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-    method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9))
+    method.compile(optimizer=optim.build_optimizer("sgd", 0.05, 1e-4, 0.9), run_eagerly=run_eagerly)
     return method
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_with_keras_fit(name, tmp_path):
+    # Eagerly: the same train_step through fit without tracing it (the suite's largest cost); each method's
+    # step also runs traced, through the runner, in tests/test_flagfiles.py and the tests below.
     data = _data()
-    method = _method(name, data)
+    method = _method(name, data, run_eagerly=True)
     history = method.fit(method.stream(data, 8, AUGMENT), epochs=2, steps_per_epoch=2, verbose=0)
     assert int(method.optimizer.iterations) == 4
     assert (method.steps_per_epoch, method.total_steps) == (2, 4)      # the method's schedules follow fit's length
