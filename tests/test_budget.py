@@ -4,13 +4,21 @@ import pytest
 from ssl_tf import checkpoints, config
 from ssl_tf.errors import SSLTFError
 from ssl_tf.runner import Runner
-from ssl_tf.runner.loop import budget_total
+from ssl_tf.runner.loop import budget_total, resize_due
 
 
 def test_budget_total_adds_the_steps_that_fit_in_the_time_left():
     assert budget_total(100, 2.0, 60.0, 120.0) == 220          # 60 s left at 2 steps/s
     assert budget_total(100, 2.0, 130.0, 120.0) == 101         # over budget: one more step ends it
     assert budget_total(0, 0.5, 0.0, 9.0) == 4
+
+
+def test_after_half_the_budget_the_schedule_changes_only_to_avoid_missing_it_by_more_than_5_percent():
+    # 1200 s at 2 steps/s: 5 % of the budget is 60 s = 120 steps
+    assert resize_due(["start"], 2000, 2400, 2.0, 1200.0) and resize_due([0.5], 2390, 2400, 2.0, 1200.0)
+    assert not resize_due([0.75], 2300, 2400, 2.0, 1200.0)       # 50 s early: within 5 %, the cosine stays
+    assert resize_due([0.75], 2000, 2400, 2.0, 1200.0)           # 200 s early (a slowed first half): re-sized
+    assert resize_due([0.75], 2800, 2400, 2.0, 1200.0)           # 200 s late
 
 
 def test_a_time_budget_sizes_the_schedule_and_ends_on_time(tmp_path):

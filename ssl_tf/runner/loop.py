@@ -27,16 +27,28 @@ COLLAPSE_STD = 0.1   # embedding_std below this (1 = spread out on the sphere, 0
 
 
 # A time budget re-sizes the schedules at these points: after CALIBRATION_STEPS timed steps (the
-# first, traced step excluded), then when a quarter and a half of the budget have passed. Later
-# changes would bend the end of the cosine; a half of the budget measures the rate well enough.
+# first, traced step excluded), then when a quarter, a half and three quarters of the budget have
+# passed. A late change bends the end of the cosine, so after the half it is made only when the
+# loop would otherwise miss its budget by more than LATE_TOLERANCE (other work on the machine
+# slowed or sped the first half: a PIRL run sized at its half ended after 17.1 of its 20 minutes).
 CALIBRATION_STEPS = 20
-CALIBRATION_FRACTIONS = (0.25, 0.5)
+CALIBRATION_FRACTIONS = (0.25, 0.5, 0.75)
+LATE_TOLERANCE = 0.05
 
 
 def budget_total(done: int, steps_per_second: float, elapsed: float, budget: float) -> int:
     """The schedule length that ends a time budget: the ``done`` steps plus those that fit in the
     ``budget − elapsed`` seconds left at ``steps_per_second`` (at least one more)."""
     return done + max(1, int(steps_per_second * max(budget - elapsed, 0.0)))
+
+
+def resize_due(fractions: list, total: int, stop: int, steps_per_second: float, budget: float) -> bool:
+    """Whether a calibration at the budget ``fractions`` just passed re-sizes the schedule from ``stop``
+    to ``total`` steps: always up to half the budget; later only if the loop would end more than
+    ``LATE_TOLERANCE`` of the ``budget`` seconds early or late."""
+    if all(f <= 0.5 for f in fractions if f != "start"):
+        return True
+    return abs(total - stop) / max(steps_per_second, 1e-9) > LATE_TOLERANCE * budget
 
 
 def _resize(model, per_epoch: int, total: int) -> None:
@@ -153,12 +165,14 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
                     calibrations += due or ["start"]
                     # wall-clock steps per second since the last trace: checkpoints and logging included
                     rate = (s + 1 - rate_steps) / max(now - rate_start, 1e-9)
-                    total = budget_total(s + 1, rate, elapsed, minutes * 60)
-                    stop = min(total, max_steps) if max_steps else total
-                    _resize(model, per_epoch, total)
-                    distributed_step, traced = traced_step(), True
-                    if bar is not None:
-                        bar.target = stop
+                    fitted = budget_total(s + 1, rate, elapsed, minutes * 60)
+                    if resize_due(due, fitted, total, rate, minutes * 60):
+                        total = fitted
+                        stop = min(total, max_steps) if max_steps else total
+                        _resize(model, per_epoch, total)
+                        distributed_step, traced = traced_step(), True
+                        if bar is not None:
+                            bar.target = stop
             if not all(math.isfinite(v) for v in logs.values()):
                 bad = next(k for k, v in logs.items() if not math.isfinite(v))
                 raise SSLTFError(f"[{tag}] {bad} is {logs[bad]} at step {s + 1}; stopped without saving; last good "
