@@ -15,7 +15,7 @@ from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import hard_bow, kmeans, kmeans_assign, kmeans_update, word_distances
 from ssl_tf.methods import METHODS
 from ssl_tf.methods.bownet import load_teacher_encoder, teacher_chain
-from ssl_tf.models import ScaledUnitLinear, build_backbone
+from ssl_tf.models import CosineClassifier, build_backbone
 
 RNG = np.random.default_rng(0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,17 +83,17 @@ def test_cutmix_pastes_the_partners_box_and_mixes_targets_by_area():
     assert float(kept) == pytest.approx(1 - 16 / 64)      # an 8×8 box centred at a corner keeps 3/4
 
 
-def test_the_head_scores_are_gamma_times_unit_weight_products_and_gamma_learns():
-    head = ScaledUnitLinear(4, scale=2.0)
+def test_the_head_scores_are_gamma_times_cosines_and_gamma_learns():
+    head = CosineClassifier(4, scale=2.0)
     x = tf.constant(RNG.normal(size=(3, 5)).astype(np.float32))
     with tf.GradientTape() as tape:
         z = head(x)
         loss = tf.reduce_sum(z)
-    w = head.kernel.numpy()
-    w_unit = w / np.linalg.norm(w, axis=0, keepdims=True)
-    np.testing.assert_allclose(z.numpy(), 2.0 * x.numpy() @ w_unit, rtol=1e-5, atol=1e-6)
-    g_scale = tape.gradient(loss, head.scale)
-    np.testing.assert_allclose(float(g_scale), (x.numpy() @ w_unit).sum(), rtol=1e-4)   # d/dγ of Σ γ·w̄ᵀx
+    w, u = head.kernel.numpy(), x.numpy()
+    cos = (u / np.linalg.norm(u, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    np.testing.assert_allclose(z.numpy(), 2.0 * cos, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head(3.0 * x).numpy(), z.numpy(), rtol=1e-5, atol=1e-6)   # the feature's norm is out
+    np.testing.assert_allclose(float(tape.gradient(loss, head.scale)), cos.sum(), rtol=1e-4)   # d/dγ of Σ γ·cos
 
 
 def _bownet(teacher=None, **kw):

@@ -122,7 +122,10 @@ def test_the_objective_is_the_papers_loss_and_a_step_updates_words_distances_and
 
 
 def test_obow_two_replicas_match_one_device():
-    one_device_and_two_replicas_agree(lambda: _obow(sync=True), views.views_for("obow", CFG), shapes_examples())
+    # one level: the cross-replica parts (gathered words, the global mean distance) are per level, and the
+    # two-level objective is checked against NumPy above; a second level doubled this test's tracing
+    one_device_and_two_replicas_agree(lambda: _obow(sync=True, levels=("block4",)), views.views_for("obow", CFG),
+                                      shapes_examples())
 
 
 @pytest.mark.parametrize("settings,flag", [

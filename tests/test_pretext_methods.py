@@ -16,7 +16,7 @@ from ssl_tf.models import BACKBONES, build_backbone, representation_layers
 CFG = views.AugmentConfig(image_size=16, patch_size=8, num_copies=4, color_jitter=0.5)
 ARGS = {"jigsaw": dict(num_permutations=24, perm_subset_size=6, head_hidden=32, jigsaw_plus=True),
         "relative_patch_location": dict(head_hidden=32), "exemplar": dict(embed_dim=16),
-        "s4l_exemplar": dict(embed_dim=16)}
+        "s4l_exemplar": dict(embed_dim=16), "bownet": dict(words=16, kmeans_images=32, image_size=16, cutmix_p=0.0)}
 
 
 def _examples(n=32):
@@ -43,6 +43,7 @@ def _method(name, strategy=None, **extra):
 def test_loss_decreases_on_a_tiny_fixed_batch(name, monkeypatch, tmp_path):
     monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
     model = _method(name)
+    model.prepare(_examples(), log=lambda *a: None)       # BoWNet's k-means (its random-init teacher here)
     batch = _batch(type(model))
     model.build_with(batch, keras.optimizers.Adam(3e-3))
     step = tf.function(model.train_step)

@@ -4,7 +4,7 @@ student predicts, from a perturbed view, the bag of visual words of a trained te
     teacher Φ̂ (a finished run: RotNet by default) → map at --bow_layer → k-means → K words
     target y(x):  each location's nearest word (L2), counted over the locations — the image's
                   histogram of visual words — L1-normalised (§2.2)
-    student:      Φ(g(x)) pooled → Ω: softmax_k(γ · w̄_kᵀ Φ), w̄_k unit-norm, γ learned (§2.3)
+    student:      Φ(g(x)) pooled → Ω: softmax_k(γ · cos(w_k, Φ)), γ learned (§2.3)
     loss:         −Σ_k y_k(x) log Ω_k(Φ(g(x)))
 
 The vocabulary is built once, before training (``prepare``): k-means over the teacher's local features
@@ -32,7 +32,7 @@ from ssl_tf.errors import SSLTFError
 from ssl_tf.losses import bow_prediction_loss, hard_bow, kmeans, word_distances
 from ssl_tf.methods.base import Objective, SSLMethod, after, feature_map
 from ssl_tf.methods.settings import REGISTRY, MethodParams, check, param, register
-from ssl_tf.models import ScaledUnitLinear, backbone_builder
+from ssl_tf.models import CosineClassifier, backbone_builder
 
 TEACHER_DIR, ROUND_DIR = "teacher_rotation", "bow_round_{}"
 
@@ -123,9 +123,9 @@ class BoWNet(SSLMethod):
                                               "word at K 2048 (the paper's subset size is not quoted)")
         bow_kmeans_iters: int = param(20, "Lloyd iterations of k-means.",
                                       source="faiss's Kmeans default (niter 20), the library the authors use")
-        bow_scale: float = param(1.0, "Initial value of the head's learnable magnitude γ (scores γ · w̄_kᵀ Φ).",
-                                 source="ours: the paper learns γ without stating its start; 1 starts the scores "
-                                        "at the features' own scale")
+        bow_scale: float = param(10.0, "Initial value of the head's learnable scale γ (scores γ · cos(w_k, Φ)).",
+                                 source="Gidaris & Komodakis 2018's cosine classifier: a learnable scale from 10 "
+                                        "(BoWNet learns γ without stating its start)")
         cutmix_p: float = param(0.5, "Probability that a batch of student views is CutMixed.",
                                 source="BoWNet §2.3: CutMix among the perturbations; p 0.5: CutMix's CIFAR "
                                        "recipe (clovaai/CutMix-PyTorch)")
@@ -144,7 +144,7 @@ class BoWNet(SSLMethod):
                 check(bool(self.teacher_run.strip()), "teacher_run", self.teacher_run,
                       "must name a run directory or checkpoint")
 
-    def __init__(self, encoder, num_classes=0, teacher_encoder=None, layer="block3", words=2048, scale=1.0,
+    def __init__(self, encoder, num_classes=0, teacher_encoder=None, layer="block3", words=2048, scale=10.0,
                  pooling="count", cutmix_p=0.5, kmeans_images=10000, kmeans_iters=20, image_size=None, seed=0,
                  **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
@@ -161,7 +161,7 @@ class BoWNet(SSLMethod):
         self.kmeans_images, self.kmeans_iters, self.image_size = kmeans_images, kmeans_iters, image_size
         self.vocabulary = self.add_weight(shape=(words, self.teacher_map.output_shape[-1]), initializer="zeros",
                                           trainable=False, name="vocabulary", aggregation="only_first_replica")
-        self.head = ScaledUnitLinear(words, scale, name="bow_head")
+        self.head = CosineClassifier(words, scale, name="bow_head")
         self.prepared = False
 
     @classmethod

@@ -133,7 +133,8 @@ class OBoW(SSLMethod):
         update needs: one locally averaged feature per image of the global batch and the new mean
         distance to the nearest word."""
         bags, update = [], {}
-        for i, fmap in enumerate(self.teacher_maps(images, training=training)):
+        # tf.nest.flatten: a Keras model of one output (--obow_levels=block4) returns a tensor, not a list
+        for i, fmap in enumerate(tf.nest.flatten(self.teacher_maps(images, training=training))):
             fmap = tf.stop_gradient(tf.cast(fmap, tf.float32))
             if fmap.shape[1] > 4:   # OBoW drops the border of its 14×14 and 7×7 maps; a 4×4 map keeps it
                 fmap = fmap[:, 1:-1, 1:-1]

@@ -8,7 +8,7 @@ import keras
 
 from ssl_tf.models import resnet as _resnet
 from ssl_tf.models.heads import (  # noqa: F401
-    ScaledUnitLinear,
+    CosineClassifier,
     classifier_head,
     cpc_context,
     dino_head,

@@ -107,13 +107,14 @@ class WeightNormDense(layers.Layer):
 
 
 @keras.saving.register_keras_serializable("ssl_tf")
-class ScaledUnitLinear(layers.Layer):
+class CosineClassifier(layers.Layer):
     """BoWNet's prediction head Ω (Gidaris et al. 2020, §2.3): a "linear-plus-softmax layer" with
-    "L2-normalized weight vectors w̄_k" and "a learnable magnitude parameter γ", no bias: scores
-    γ · w̄_kᵀ x. The visual words are unbalanced; with free weight norms the network would make each
-    weight's magnitude follow its word's frequency (the paper's reason)."""
+    "L2-normalized weight vectors w̄_k" and "a learnable magnitude parameter γ", no bias — here with the
+    feature normalised too, scores γ · cos(w_k, x): the cosine classifier with a learnable scale of
+    Gidaris & Komodakis 2018 (scale initialised to 10). The visual words are unbalanced; with free weight
+    norms the network would make each weight's magnitude follow its word's frequency (BoWNet's reason)."""
 
-    def __init__(self, units: int, scale: float = 1.0, **kwargs):
+    def __init__(self, units: int, scale: float = 10.0, **kwargs):
         super().__init__(**kwargs)
         self.units, self.scale_init = units, scale
 
@@ -124,7 +125,8 @@ class ScaledUnitLinear(layers.Layer):
 
     def call(self, x):
         import tensorflow as tf
-        return self.scale * tf.matmul(tf.cast(x, tf.float32), tf.math.l2_normalize(self.kernel, 0))
+        unit = tf.math.l2_normalize(tf.cast(x, tf.float32), -1)
+        return self.scale * tf.matmul(unit, tf.math.l2_normalize(self.kernel, 0))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "scale": self.scale_init}
