@@ -89,6 +89,15 @@ def resolve(path: str) -> str | None:
     return path if os.path.exists(path + ".index") else None
 
 
+def pretraining_checkpoint(path: str) -> str | None:
+    """The checkpoint prefix ``path`` names: a run directory (its ``pretrain/`` if it has one), a
+    checkpoint directory (its latest), a ``ckpt-N`` directory or a prefix; None if there is none."""
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, PREFIX + ".index")):
+        nested = os.path.join(path, "pretrain")
+        return latest(nested if os.path.isdir(nested) else path)
+    return resolve(path)
+
+
 def read_encoder(encoder, checkpoint: str, attr: str = "encoder") -> None:
     """Restore ``encoder`` from a pretraining ``checkpoint`` (a prefix), where the method that wrote
     it kept it as ``attr`` (``model.<attr>``); raises TensorFlow's error if it does not match."""

@@ -60,8 +60,7 @@ def teacher_chain(p, model_dir: str | None, epochs: int, minutes: float | None) 
 def load_teacher_encoder(path: str, image_size: int) -> keras.Model:
     """The encoder of a finished ssl_tf run (its directory, ``pretrain/`` or a checkpoint), rebuilt with the
     backbone and width that run recorded, frozen; it must have trained on ``image_size`` images."""
-    nested = os.path.join(path, "pretrain")
-    checkpoint = checkpoints.latest(nested) if os.path.isdir(nested) else checkpoints.resolve(path)
+    checkpoint = checkpoints.pretraining_checkpoint(path)
     if not checkpoint:
         raise SSLTFError(f"--teacher_run={path}: no pretraining checkpoint found; accepted: the directory of a "
                          "finished ssl-tf run (e.g. --method=rotation) or one of its checkpoints")

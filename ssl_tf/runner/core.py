@@ -231,11 +231,7 @@ class Runner:
         (or its ``pretrain/``); the evaluation network of the method that wrote it (DINO: the
         teacher) is read."""
         shown = path
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, checkpoints.PREFIX + ".index")):
-            nested = os.path.join(path, "pretrain")
-            checkpoint = checkpoints.latest(nested if os.path.isdir(nested) else path)
-        else:
-            checkpoint = checkpoints.resolve(path)
+        checkpoint = checkpoints.pretraining_checkpoint(path)
         if not checkpoint:
             raise SSLTFError(f"{flag}={shown}: no pretraining checkpoint found; run --mode=pretrain first "
                              "or pass --checkpoint")
