@@ -34,7 +34,8 @@ from ssl_tf.runner import Runner  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_METHODS = ("simclr,moco,moco_v3,byol,simsiam,dino,dino@vit_tiny,npid,barlow_twins,vicreg,rotation,"
-                   "relative_patch_location,jigsaw,exemplar,colorization,cpc_v2,deep_infomax,amdim,cmc,pirl")
+                   "relative_patch_location,jigsaw,exemplar,colorization,cpc_v2,deep_infomax,amdim,cmc,pirl,bownet,"
+                   "obow,bigbigan")
 
 
 def config_for(spec: str, args, model_dir: str, *extra: str):

@@ -38,7 +38,7 @@ SHAPES_PRESET = dict(width=0.25, epochs=5, batch_size=128, warmup_epochs=0.5, co
 # epochs (SimCLR's short schedule), batch 256 (theirs: 4096), crops from 8% of the area, colour jitter
 # 1.0 with blur above 32 px, 0.5 without blur at <= 32 px (the CIFAR-10 recipe).
 SIMCLR_RECIPE = dict(optimizer="lars", lr_scaling="linear", crop_min_scale=0.08, width=1.0, epochs=100,
-                     batch_size=256, warmup_epochs=10.0, weight_decay=1e-6, eval_epochs=100)
+                     batch_size=256, warmup_epochs=10.0, weight_decay=1e-6, eval_epochs=100, lr_schedule="cosine")
 BASE_LEARNING_RATE = {"lars": 0.3, "sgd": 0.3, "adam": 1e-3, "adamw": 1e-3}
 
 
@@ -95,6 +95,9 @@ class Config:
     lr_scaling: Optional[str] = _f(None, "linear: lr×batch/256 (default); sqrt: lr×√batch (shapes demo); none.",
                                    choices=("linear", "sqrt", "none"))
     warmup_epochs: Optional[float] = _f(None, "Linear warmup epochs before cosine decay (SimCLR: 10).")
+    lr_schedule: Optional[str] = _f(None, "cosine: --warmup_epochs of linear warm-up, then cosine decay to 0 "
+                                          "(default); constant: --learning_rate throughout (BigGAN, BigBiGAN).",
+                                    choices=("cosine", "constant"))
     weight_decay: Optional[float] = _f(None, "Weight decay, never on BN and biases (SimCLR: 1e-6; pretext: 1e-4).")
     momentum: float = _f(0.9, "Momentum of LARS / SGD.")
     # evaluation

@@ -277,3 +277,15 @@ def cutmix(images, targets, draws, partner):
     kept = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
     mixed = tf.where(box[None, :, :, None], tf.gather(images, partner), images)
     return mixed, kept * targets + (1.0 - kept) * tf.gather(targets, partner), kept
+
+
+def image_grid(images, columns: int):
+    """[n, H, W, 3] floats in [0, 1] → one [rows·H, columns·W, 3] uint8 image, row by row (cells past
+    n black): samples and reconstructions to look at."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    n, h, w = images.shape[0], images.shape[1], images.shape[2]
+    rows = -(-n // columns)
+    padded = tf.concat([images, tf.zeros([rows * columns - n, h, w, 3])], 0)
+    grid = tf.reshape(tf.transpose(tf.reshape(padded, [rows, columns, h, w, 3]), [0, 2, 1, 3, 4]),
+                      [rows * h, columns * w, 3])
+    return tf.cast(tf.round(tf.clip_by_value(grid, 0.0, 1.0) * 255.0), tf.uint8)

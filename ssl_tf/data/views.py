@@ -109,7 +109,12 @@ def bownet_views(image, seed, cfg: AugmentConfig):
     (``simclr_view``: random resized crop, flip, colour jitter, grayscale; CutMix is applied to the
     batch in the model): ([S, S, 3], [S, S, 3])."""
     s = ops.split_seed(seed, 2)
-    return ops.random_flip(eval_view(image, cfg.image_size), s[0]), simclr_view(image, s[1], cfg)
+    return flip_view(image, s[0], cfg), simclr_view(image, s[1], cfg)
+
+
+def flip_view(image, seed, cfg: AugmentConfig):
+    """The evaluation view flipped at random (BoWNet's teacher; BigBiGAN's data at 32 px)."""
+    return ops.random_flip(eval_view(image, cfg.image_size), seed)
 
 
 def crop_flip_view(image, seed, cfg: AugmentConfig):
@@ -230,6 +235,7 @@ RECIPES = {
     "obow": obow_views,
     "bownet": bownet_views,
     "crop_flip": crop_flip_view,
+    "flip": flip_view,
     "rotations": rotations,
     "patch_grid": patch_grid,
     "cpc_patches": cpc_patches,

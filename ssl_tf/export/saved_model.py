@@ -34,6 +34,16 @@ def export_classifier(classifier: keras.Model, path: str, image_size: int) -> st
     return _export(classifier, path, image_size, "logits")
 
 
+def export_generator(generator: keras.Model, path: str, image_size: int | None = None) -> str:
+    """A generator (BigBiGAN's EMA G): ``serving_default``: ``z`` float32 [batch, latent_dim] ->
+    ``{"images": [batch, S, S, 3]}`` in [0, 1]."""
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint("serving_default", lambda z: {"images": generator(z, training=False)},
+                         input_signature=[tf.TensorSpec([None, generator.input_shape[-1]], tf.float32, name="z")])
+    return _write(archive, path)
+
+
 def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -56,6 +66,11 @@ def _export(model: keras.Model, path: str, image_size: int, output: str) -> str:
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     archive.add_endpoint("serve_bytes", from_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
+    return _write(archive, path)
+
+
+def _write(archive: keras.export.ExportArchive, path: str) -> str:
+    """Write ``archive`` beside ``path`` and rename it into place."""
     path = os.path.abspath(path)
     _recover(path)
     tmp = f"{path}.tmp-{os.getpid()}"

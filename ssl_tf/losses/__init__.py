@@ -1,4 +1,9 @@
 """Losses: pure functions of tensors, each with its formula and paper in the docstring."""
+from ssl_tf.losses.adversarial import (  # noqa: F401
+    bigbigan_discriminator_loss,
+    bigbigan_encoder_generator_loss,
+    discriminator_accuracy,
+)
 from ssl_tf.losses.bow import (  # noqa: F401
     bow_prediction_loss,
     hard_bow,

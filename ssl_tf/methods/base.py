@@ -300,6 +300,22 @@ class SSLMethod(keras.Model):
         ema_update([p for target, online in self.target_pairs for p in ema_pairs(target, online, include)], momentum)
 
     @property
+    def own_optimizers(self) -> dict:
+        """Optimizers the method keeps beside ``optimizer`` (BigBiGAN's discriminator's), by checkpoint name:
+        the runner checkpoints them and re-sizes their schedules."""
+        return {}
+
+    def epoch_images(self, batch) -> dict:
+        """{name: [n, H, W, 3] in [0, 1]} to look at after every epoch (BigBiGAN's samples and
+        reconstructions), from a training ``batch``: the runner writes PNG grids and TensorBoard images."""
+        return {}
+
+    def exports(self) -> dict:
+        """{directory name: network} SavedModels written beside the encoder's once pretraining ends
+        (BigBiGAN's generator: z in, images out)."""
+        return {}
+
+    @property
     def fixed_lr_variables(self) -> list:
         """Variables trained by ``fixed_optimizer`` at a constant learning rate."""
         return []
@@ -421,12 +437,13 @@ class SSLMethod(keras.Model):
         replica = tf.cast(distribute.replica_id(), tf.int64) if per_replica else tf.constant(0, tf.int64)
         return tf.stack([tf.cast(getattr(self, "seed", 0), tf.int64), (step * 1024 + replica) * 16 + salt])
 
-    def batch_uniform(self, batch, shape, salt: int, **uniform):
-        """``tf.random.stateless_uniform([batch, *shape], …)`` for this replica's ``batch`` examples:
-        drawn for the global batch with one seed per step and sliced per replica, so that 2 replicas
-        draw what one device does (memory-bank negatives, AMDIM's locations, PIRL's tile orders)."""
+    def batch_uniform(self, batch, shape, salt: int, sampler=tf.random.stateless_uniform, **uniform):
+        """``tf.random.stateless_uniform([batch, *shape], …)`` (or another stateless ``sampler``) for this
+        replica's ``batch`` examples: drawn for the global batch with one seed per step and sliced per
+        replica, so that 2 replicas draw what one device does (memory-bank negatives, AMDIM's locations,
+        PIRL's tile orders, BigBiGAN's latents)."""
         size = tf.concat([[tf.cast(batch, tf.int32) * distribute.num_replicas()], tf.cast(shape, tf.int32)], 0)
-        everyone = tf.random.stateless_uniform(size, self.step_seed(salt, per_replica=False), **uniform)
+        everyone = sampler(size, self.step_seed(salt, per_replica=False), **uniform)
         rid = distribute.replica_id()
         return everyone[rid * batch:(rid + 1) * batch]
 

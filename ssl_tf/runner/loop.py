@@ -55,7 +55,7 @@ def _resize(model, per_epoch: int, total: int) -> None:
     """Every schedule of ``model`` (its own and its optimizers' warmup-cosine lr) to ``total`` steps."""
     from ssl_tf.optim import WarmupCosine
     model.set_schedule(per_epoch, total)
-    for opt in (model.optimizer, model.fixed_optimizer, model.probe_optimizer):
+    for opt in (model.optimizer, model.fixed_optimizer, model.probe_optimizer, *model.own_optimizers.values()):
         schedule = getattr(opt, "_learning_rate", None)
         if isinstance(schedule, WarmupCosine):
             schedule.total_steps = total
@@ -88,6 +88,7 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
             parts["probe_optimizer"] = model.probe_optimizer
         if model.fixed_optimizer is not None:
             parts["fixed_optimizer"] = model.fixed_optimizer
+        parts.update(model.own_optimizers)
         ckpt = tf.train.Checkpoint(**parts)
     manager = checkpoints.AtomicCheckpoints(ckpt, os.path.join(cfg.model_dir, tag), cfg.keep_checkpoints,
                                             is_chief=runner.is_chief, worker=runner.worker)
@@ -199,6 +200,8 @@ def train(runner, make_model, examples: Examples, *, epochs: int, global_batch: 
                 with writer.as_default(step=s + 1):
                     for k, v in means.items():
                         tf.summary.scalar(f"epoch/{k}", v)
+                if runner.is_chief:
+                    write_epoch_images(model, sample, writer, os.path.join(cfg.model_dir, "samples"), s + 1)
                 warning = collapse_warning(means)
                 if warning:
                     runner.log(f"[{tag}] epoch {(s + 1) / per_epoch:.2f}: {warning}")
@@ -256,6 +259,22 @@ class _PreemptionNotice:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+def write_epoch_images(model, batch, writer, directory: str, step: int) -> None:
+    """The method's ``epoch_images`` of a training ``batch`` (BigBiGAN: samples, reconstructions), each as
+    a PNG grid ``<directory>/<name>_<step>.png`` (an even number of columns: pairs stay side by side)
+    and a TensorBoard image."""
+    from ssl_tf.data.ops import image_grid
+    images = model.epoch_images(batch)
+    if not images:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name, x in images.items():
+        grid = image_grid(x, 2 * math.ceil(math.sqrt(x.shape[0]) / 2))
+        tf.io.write_file(os.path.join(directory, f"{name}_{step:08d}.png"), tf.io.encode_png(grid))
+        with writer.as_default(step=step):
+            tf.summary.image(f"{name}", grid[None], max_outputs=1)
 
 
 def weights_fingerprint(model) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ssl_tf import optim
 from ssl_tf.errors import SSLTFError
+from ssl_tf.export import export_generator
 from ssl_tf.methods import SemiSupervised
 from ssl_tf.runner import loop, results
 
@@ -24,6 +25,7 @@ def run(runner) -> dict:
 
     def make_optimizer(total, per_epoch, constant=False):
         lr = optim.scale_learning_rate(cfg.learning_rate, cfg.batch_size, cfg.lr_scaling)
+        constant = constant or cfg.lr_schedule == "constant"
         schedule = lr if constant else optim.WarmupCosine(lr, round(cfg.warmup_epochs * per_epoch), total)
         return optim.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay, cfg.momentum)
 
@@ -39,6 +41,8 @@ def run(runner) -> dict:
                                 make_optimizer=make_optimizer, tag="pretrain", max_steps=cfg.max_steps,
                                 run_info=runner.run_info(), minutes=cfg.train_minutes)
     runner.set_encoder(getattr(model, method.eval_encoder_attr))
+    for name, network in model.exports().items():   # e.g. BigBiGAN's generator
+        summary.setdefault("exports", {})[name] = runner.write_export(export_generator, network, name)
     if isinstance(model, SemiSupervised) and runner.data.eval is not None:
         summary["top1"] = runner.classifier_top1(model)
         summary["ema_top1"] = runner.classifier_top1(model.ema_logits)
