@@ -19,16 +19,17 @@ def np_softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def run_replica_steps(strategy, model, examples, view_fn, global_batch, steps):
+def run_replica_steps(strategy, model, examples, view_fn, global_batch, steps, eager=False):
     """``steps`` training steps of a built ``model`` under ``strategy`` on the seeded stream of
-    ``examples``; the replica-mean logs of each step as floats."""
+    ``examples``; the replica-mean logs of each step as floats. ``eager``: without tracing the step
+    (one device only: the reference a traced multi-replica run is compared with)."""
     ds = strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.train_stream(examples, view_fn, global_batch=global_batch, seed=0, input_context=ctx))
 
-    @tf.function
     def step(b):
         logs = strategy.run(model.train_step, args=(b,))
         return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+    step = step if eager else tf.function(step)
     it = iter(ds)
     return [{k: float(v) for k, v in step(next(it)).items()} for _ in range(steps)]
 
@@ -37,7 +38,7 @@ def one_device_and_two_replicas_agree(make_model, view_fn, examples):
     """Train ``make_model()`` 2 steps on a global batch of 4 on one device and on 2 replicas from the same
     weights: the negatives are gathered over replicas (and banks written from the gathered batch), so
     losses and every weight agree."""
-    def train(strategy, init=None):
+    def train(strategy, init=None):   # the one-device reference runs eagerly: a trace is most of the cost
         batch = next(iter(pipeline.train_stream(examples, view_fn, global_batch=4, seed=0)))
         with strategy.scope():
             model = make_model()
@@ -45,7 +46,8 @@ def one_device_and_two_replicas_agree(make_model, view_fn, examples):
             if init is not None:
                 model.set_weights(init)
         start = [w.copy() for w in model.get_weights()]
-        return start, run_replica_steps(strategy, model, examples, view_fn, 4, 2), model.get_weights()
+        eager = isinstance(strategy, tf.distribute.OneDeviceStrategy)
+        return start, run_replica_steps(strategy, model, examples, view_fn, 4, 2, eager=eager), model.get_weights()
 
     init, one_logs, one_w = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
     _, two_logs, two_w = train(distribute.make_strategy("mirrored"), init)

@@ -35,7 +35,8 @@ def _train(strategy, init_weights=None, steps=2, global_batch=8):
         if init_weights is not None:
             model.set_weights(init_weights)
     init = [w.copy() for w in model.get_weights()]
-    losses = run_replica_steps(strategy, model, ex, fn, global_batch, steps)
+    losses = run_replica_steps(strategy, model, ex, fn, global_batch, steps,
+                               eager=isinstance(strategy, tf.distribute.OneDeviceStrategy))   # the reference: eager
     return init, model.get_weights(), losses
 
 

@@ -294,7 +294,8 @@ def _train_on(strategy, name, init_weights=None, steps=2, global_batch=8):
         if init_weights is not None:
             model.set_weights(init_weights)
     init = [w.copy() for w in model.get_weights()]
-    logs = run_replica_steps(strategy, model, ex, fn, global_batch, steps)
+    logs = run_replica_steps(strategy, model, ex, fn, global_batch, steps,
+                             eager=isinstance(strategy, tf.distribute.OneDeviceStrategy))   # the reference: eager
     # MoCo's key encoder updates its BN moving statistics once per key group (4 groups on one device,
     # 2 per replica here): they are never used (keys are always encoded with batch statistics and the
     # key encoder is never evaluated), so they are left out of the comparison.
