@@ -39,7 +39,8 @@ def _method(name, strategy=None, **extra):
     return cls(enc, 10, **{**ARGS.get(name, {}), **extra})
 
 
-@pytest.mark.parametrize("name", names("pretext"))
+# BigBiGAN's E/G loss is one side of a game and need not fall: tests/test_bigbigan.py checks its step
+@pytest.mark.parametrize("name", [n for n in names("pretext") if n != "bigbigan"])
 def test_loss_decreases_on_a_tiny_fixed_batch(name, monkeypatch, tmp_path):
     monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
     model = _method(name)
