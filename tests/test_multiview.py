@@ -214,10 +214,10 @@ def test_cmc_end_to_end_probes_and_exports_rgb_to_both_views(cli, tmp_path):
 
 # -- PIRL ------------------------------------------------------------------------------------------
 
-def _pirl(k=6, lam=0.5, sync=False):
+def _pirl(k=6, lam=0.5, sync=False, loss="nce"):
     keras.utils.set_random_seed(0)
     backbone = build_backbone("resnet10", width=0.125, image_size=16, synchronized_bn=sync)
-    return METHODS["pirl"](backbone, 10, num_examples=N, dim=8, nce_k=k, lam=lam)
+    return METHODS["pirl"](backbone, 10, num_examples=N, dim=8, nce_k=k, lam=lam, loss=loss)
 
 
 @pytest.mark.parametrize("lam", [0.5, 0.8])
@@ -234,6 +234,24 @@ def test_pirl_loss_weighs_the_jigsaw_and_image_nce_against_the_image_bank(lam):
     np.testing.assert_allclose(float(out.loss), lam * jigsaw_term + (1 - lam) * image_term, rtol=1e-4)
     np.testing.assert_allclose([float(out.logs["image_nce"]), float(out.logs["jigsaw_nce"])],
                                [image_term, jigsaw_term], rtol=1e-4)
+
+
+def test_pirl_infonce_contrasts_jigsaw_and_image_embeddings_across_the_batch_both_ways():
+    model, batch = _pirl(lam=0.8, loss="infonce"), _batch("pirl_pair")
+    assert model.bank is None
+    out = model.objective(batch, training=False)
+    images, tiles = batch["views"]
+    f = _normalise(model.image_head(model.encoder(images, training=False)).numpy())
+    g = _normalise(model.jigsaw_embedding(tiles, training=False).numpy())   # same step, same tile order
+
+    def ce(q, k):
+        logits = q @ k.T / 0.07
+        return -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(1)))
+    np.testing.assert_allclose(float(out.loss), 0.8 * ce(g, f) + 0.2 * ce(f, g), rtol=1e-4)
+    model.build_with(batch, keras.optimizers.SGD(0.01))
+    before = model.image_head.kernel.numpy().copy()
+    assert np.isfinite(float(model.train_step(batch)["loss"]))
+    assert not np.allclose(model.image_head.kernel.numpy(), before)
 
 
 def test_pirl_bank_follows_the_image_embedding_and_negatives_scale_with_the_data():

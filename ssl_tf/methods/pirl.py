@@ -11,6 +11,13 @@ bank holds m_I, the moving average of f(v_I) (momentum 0.5), and the loss (§3.2
 
 each L_NCE NPID's NCE against m_I and rows of other images drawn from the bank (the same
 draws and the same Z for both terms; Z estimated on the first batch from the f terms).
+
+``--pirl_loss=infonce`` (not in the paper) drops the bank: the jigsaw embedding of each image is
+contrasted with the image embeddings of the (gathered) batch and the other way round,
+
+    L = λ · InfoNCE(g(v_Iᵗ) → f(v_I)) + (1 − λ) · InfoNCE(f(v_I) → g(v_Iᵗ)),
+
+so the positive is this step's other view of the same image, not a row written an epoch ago.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.data import patches
+from ssl_tf.losses import batch_info_nce
 from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod
 from ssl_tf.methods.patch_task import PatchGridParams
 from ssl_tf.methods.settings import check, param, register
@@ -54,6 +62,10 @@ class PIRL(SSLMethod):
                                      "32,000 of 1.28M images, scaled to the dataset).",
                                      source="PIRL; VISSL num_negatives 32000")
         nce_m: float = param(0.5, "Memory-bank momentum.", source="PIRL; VISSL memory momentum 0.5")
+        pirl_loss: str = param("nce", "nce (the memory bank, the paper's) or infonce (batch negatives: the jigsaw "
+                               "and image embeddings of the batch contrasted both ways, no bank).",
+                               source="PIRL §3.2; infonce not in the paper: flags/pirl/cifar10_20min.flags",
+                               choices=("nce", "infonce"))
 
         def validate(self, shared):
             super().validate(shared)
@@ -64,19 +76,19 @@ class PIRL(SSLMethod):
             check(0 <= self.nce_m < 1, "nce_m", self.nce_m, "must be in [0, 1)")
 
     def __init__(self, encoder, num_classes=0, num_examples=1, dim=128, nce_k=None, temperature=0.07,
-                 bank_momentum=0.5, lam=0.5, **kwargs):
+                 bank_momentum=0.5, lam=0.5, loss="nce", **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.nce_k = nce_k or scaled_negatives(num_examples)
-        self.temperature, self.lam = temperature, lam
+        self.temperature, self.lam, self.loss_kind = temperature, lam, loss
         self.image_head = keras.layers.Dense(dim, name="image_head")     # f
         self.tile_head = keras.layers.Dense(dim, name="tile_head")       # each tile, before concatenation
         self.jigsaw_head = keras.layers.Dense(dim, name="jigsaw_head")   # g, over the 9 concatenated tiles
-        self.bank = MemoryBank(num_examples, dim, bank_momentum, name="memory_bank")
+        self.bank = None if loss == "infonce" else MemoryBank(num_examples, dim, bank_momentum, name="memory_bank")
 
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes, num_examples=num_examples, dim=p.proj_dim, nce_k=p.nce_k,
-                   temperature=p.temperature, bank_momentum=p.nce_m, lam=p.pirl_lambda)
+                   temperature=p.temperature, bank_momentum=p.nce_m, lam=p.pirl_lambda, loss=p.pirl_loss)
 
     def jigsaw_embedding(self, tiles, training):
         """g(v_Iᵗ): [b, 9, P, P, 3] -> [b, d], the tiles' projections concatenated in a random order
@@ -92,6 +104,14 @@ class PIRL(SSLMethod):
         h = self.encoder(images, training=training)
         f = tf.math.l2_normalize(self.image_head(h), -1)
         g = tf.math.l2_normalize(self.jigsaw_embedding(tiles, training), -1)
+        if self.bank is None:
+            offset = distribute.replica_id() * tf.shape(images)[0]
+            jigsaw = batch_info_nce(g, distribute.gather(f), self.temperature, offset)
+            image = batch_info_nce(f, distribute.gather(g), self.temperature, offset)
+            loss = self.lam * jigsaw.loss + (1.0 - self.lam) * image.loss
+            return Objective(loss, features=h, embeddings=f,
+                             logs={"jigsaw_nce": jigsaw.loss, "image_nce": image.loss,
+                                   "jigsaw_acc": (jigsaw.accuracy + image.accuracy) / 2})
         negatives = self.bank.draw(self, tf.shape(images)[0], self.nce_k)
         image_loss, z = self.bank.loss(f, index, negatives, self.temperature)
         jigsaw_loss, _ = self.bank.loss(g, index, negatives, self.temperature, z=z)
@@ -102,4 +122,6 @@ class PIRL(SSLMethod):
                               "z": z})
 
     def after_update(self, aux, step):
+        if self.bank is None:
+            return
         self.bank.update(aux["index"], aux["features"], aux["z"])   # m_I follows f(v_I)
