@@ -255,21 +255,6 @@ def test_npid_bank_rows_move_as_the_formula_says():
                                rtol=1e-5)
 
 
-def test_npid_head_bn_standardises_the_embedding_over_the_batch():
-    model, batch = _built("npid", head_bn=True)
-    h = model.encoder(batch["views"], training=True)
-    raw = model.head(h, training=True).numpy()
-    # batch norm without scale or shift: every dimension has mean 0 and (biased) variance v / (v + eps)
-    dense = model.head.layers[0](h).numpy()
-    var = dense.var(0)
-    np.testing.assert_allclose(raw, (dense - dense.mean(0)) / np.sqrt(var + 1e-5), rtol=1e-3, atol=1e-4)
-    assert np.abs(raw.mean(0)).max() < 1e-4
-    before = model.bank.rows.numpy().copy()
-    logs = model.train_step(batch)
-    assert np.isfinite(float(logs["loss"]))
-    assert not np.allclose(model.bank.rows.numpy()[batch["index"].numpy()], before[batch["index"].numpy()])
-
-
 def test_simsiam_predictor_trains_at_its_own_fixed_learning_rate():
     model = _method("simsiam")
     batch = _batch(type(model))

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 import tensorflow as tf
 from keras import layers
 
 from ssl_tf import distribute
 from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod
 from ssl_tf.methods.settings import MethodParams, check, param, register
-from ssl_tf.models.layers import BatchNorm
 
 
 @register("npid", family="joint")
@@ -35,9 +33,6 @@ class NPID(SSLMethod):
         nce_m: float = param(0.5, "Memory-bank momentum.", source="lemniscate.pytorch --nce-m 0.5")
         npid_loss: str = param("nce", "nce (the paper's) or softmax over the drawn negatives.", source="NPID §3.2",
                                choices=("nce", "softmax"))
-        npid_head_bn: bool = param(False, "Standardise each embedding dimension over the batch (batch norm, no "
-                                   "scale or shift) before the L2 normalisation.",
-                                   source="not in NPID (a linear head); see flags/npid/cifar10_20min.flags")
 
         def validate(self, shared):
             super().validate(shared)
@@ -47,23 +42,16 @@ class NPID(SSLMethod):
             check(0 <= self.nce_m < 1, "nce_m", self.nce_m, "must be in [0, 1)")
 
     def __init__(self, encoder, num_classes=0, num_examples=1, dim=128, nce_k=4096, temperature=0.07,
-                 bank_momentum=0.5, loss="nce", head_bn=False, synchronized_bn=False, **kwargs):
+                 bank_momentum=0.5, loss="nce", **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.nce_k, self.temperature, self.loss_kind = nce_k, temperature, loss
         self.head = layers.Dense(dim, name="head")
-        if head_bn:
-            # A mean shared by every image's embedding is the one direction the bank cannot contrast: the
-            # rows written a moment ago carry it, the image's own row (an epoch old) carries an older one.
-            # Without it in the embedding, the loss can only be lowered by what tells images apart.
-            self.head = keras.Sequential([layers.Dense(dim, use_bias=False), BatchNorm(
-                sync=synchronized_bn, center=False, scale=False, momentum=0.9, epsilon=1e-5)], name="head")
         self.bank = MemoryBank(num_examples, dim, bank_momentum, name="memory_bank")
 
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes, num_examples=num_examples, dim=p.proj_dim, nce_k=p.nce_k,
-                   temperature=p.temperature, bank_momentum=p.nce_m, loss=p.npid_loss, head_bn=p.npid_head_bn,
-                   synchronized_bn=shared.global_bn)
+                   temperature=p.temperature, bank_momentum=p.nce_m, loss=p.npid_loss)
 
     def objective(self, batch, training):
         x, index = batch["views"], batch["index"]
