@@ -32,7 +32,7 @@ torch.manual_seed(0)
 torch.set_num_threads(args.threads)
 
 data = np.load(args.npz)
-images = torch.from_numpy(data[[k for k in data.files if "image" in k or k == "x"][0]][:args.n]).permute(0, 3, 1, 2)
+images = torch.from_numpy(data["images"][:args.n]).permute(0, 3, 1, 2)     # ssl_tf's npz layout
 n = images.shape[0]
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.247, 0.243, 0.261]).view(1, 3, 1, 1)
@@ -117,7 +117,7 @@ def effective_rank(z):
     return float(torch.exp(-(q * q.log()).sum()))
 
 
-dim, K, T, m = 128, 4096, 0.07, 0.5
+dim, K, T, momentum = 128, 4096, 0.07, 0.5
 net = ResNet18(args.width, dim)
 opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
 stdv = 1.0 / math.sqrt(dim / 3)
@@ -150,10 +150,10 @@ for step in range(args.steps):
     loss.backward()
     opt.step()
     with torch.no_grad():
-        bank[idx] = F.normalize(m * bank[idx] + (1 - m) * f.detach(), dim=1)
+        bank[idx] = F.normalize(momentum * bank[idx] + (1 - momentum) * f.detach(), dim=1)
     if step % 10 == 0 or step == args.steps - 1:
         with torch.no_grad():
             fd = f.detach()
             pair = float(((fd @ fd.T).sum() - args.batch) / (args.batch * (args.batch - 1)))
-        print(f"step {step} loss {loss.item():.3f} eff_rank {effective_rank(f.detach()):.2f} "
+        print(f"step {step} loss {loss.item():.3f} eff_rank {effective_rank(fd):.2f} "
               f"mean pair cos {pair:.3f} Z {Z} {time.time() - start:.0f}s", flush=True)

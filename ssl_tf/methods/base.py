@@ -33,7 +33,7 @@ from ssl_tf import distribute
 from ssl_tf.data import pipeline, views
 from ssl_tf.data.sources import Examples
 from ssl_tf.errors import SSLTFError
-from ssl_tf.losses import memory_bank_logits, memory_bank_nce, nce_normaliser
+from ssl_tf.losses import batch_info_nce, memory_bank_logits, memory_bank_nce, nce_normaliser
 from ssl_tf.models import linear_head, representation_layers
 from ssl_tf.models.layers import BatchNorm
 from ssl_tf.optim import loss_scale as scaling
@@ -170,6 +170,14 @@ class MemoryBank(keras.layers.Layer):
         """Move the rows ``index`` towards ``features`` (the gathered global batch) and keep ``z``."""
         write_rows(self.rows, index, updated_rows(tf.gather(self.rows, index), features, self.momentum))
         self.z.assign(z)
+
+
+def contrast_both_ways(a, b, temperature: float):
+    """(InfoNCE(a → b), InfoNCE(b → a)): each replica's rows of ``a`` against the gathered batch of ``b``
+    and the other way round, the same image's row the positive (CMC's and PIRL's batch-negative losses)."""
+    offset = distribute.replica_id() * tf.shape(a)[0]
+    return (batch_info_nce(a, distribute.gather(b), temperature, offset),
+            batch_info_nce(b, distribute.gather(a), temperature, offset))
 
 
 def after(first, *tensors):

@@ -21,8 +21,8 @@ import keras
 import tensorflow as tf
 
 from ssl_tf import distribute
-from ssl_tf.losses import batch_info_nce, multiview_pairs
-from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod
+from ssl_tf.losses import multiview_pairs
+from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod, contrast_both_ways
 from ssl_tf.methods.settings import MethodParams, check, param, register
 from ssl_tf.models import view_backbones, view_encoder
 
@@ -98,10 +98,7 @@ class CMC(SSLMethod):
         f = [tf.math.l2_normalize(head(v), -1) for head, v in zip(self.heads, h)]
         features = tf.concat(h, -1)
         if self.loss_kind == "infonce":
-            offset = distribute.replica_id() * tf.shape(x)[0]
-            outs = [out for a, b in self.pairs for out in (
-                batch_info_nce(f[a], distribute.gather(f[b]), self.temperature, offset),
-                batch_info_nce(f[b], distribute.gather(f[a]), self.temperature, offset))]
+            outs = [out for a, b in self.pairs for out in contrast_both_ways(f[a], f[b], self.temperature)]
             return Objective(tf.add_n([o.loss for o in outs]), features=features, embeddings=f[0],
                              logs={"view_acc": tf.add_n([o.accuracy for o in outs]) / len(outs)})
         # The same drawn rows serve every bank this step (the authors' code draws one index set).

@@ -29,8 +29,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.data import patches
-from ssl_tf.losses import batch_info_nce
-from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod
+from ssl_tf.methods.base import MemoryBank, Objective, SSLMethod, contrast_both_ways
 from ssl_tf.methods.patch_task import PatchGridParams
 from ssl_tf.methods.settings import check, param, register
 
@@ -79,7 +78,7 @@ class PIRL(SSLMethod):
                  bank_momentum=0.5, lam=0.5, loss="nce", **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.nce_k = nce_k or scaled_negatives(num_examples)
-        self.temperature, self.lam, self.loss_kind = temperature, lam, loss
+        self.temperature, self.lam = temperature, lam
         self.image_head = keras.layers.Dense(dim, name="image_head")     # f
         self.tile_head = keras.layers.Dense(dim, name="tile_head")       # each tile, before concatenation
         self.jigsaw_head = keras.layers.Dense(dim, name="jigsaw_head")   # g, over the 9 concatenated tiles
@@ -105,9 +104,7 @@ class PIRL(SSLMethod):
         f = tf.math.l2_normalize(self.image_head(h), -1)
         g = tf.math.l2_normalize(self.jigsaw_embedding(tiles, training), -1)
         if self.bank is None:
-            offset = distribute.replica_id() * tf.shape(images)[0]
-            jigsaw = batch_info_nce(g, distribute.gather(f), self.temperature, offset)
-            image = batch_info_nce(f, distribute.gather(g), self.temperature, offset)
+            jigsaw, image = contrast_both_ways(g, f, self.temperature)
             loss = self.lam * jigsaw.loss + (1.0 - self.lam) * image.loss
             return Objective(loss, features=h, embeddings=f,
                              logs={"jigsaw_nce": jigsaw.loss, "image_nce": image.loss,
