@@ -44,8 +44,25 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: 
     tx, vx = (train_x - mean) / std, (test_x - mean) / std
     steps = epochs * int(np.ceil(len(tx) / batch_size))
     model, optimizer = _head_and_optimizer(num_classes, tx.shape[1], head, steps, learning_rate, batch_size, seed)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(tx, train_y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    optimizer.build(model.trainable_variables)
+    features, labels = tf.convert_to_tensor(tx), tf.convert_to_tensor(train_y, tf.int32)
+    batches = int(np.ceil(len(tx) / batch_size))
+
+    # One graph call per epoch: a layer-wise probe is 12 heads × 50 epochs of steps far too small
+    # (256 × ≤ 9000 × classes) to hide Python's per-step cost. The features come in as arguments,
+    # not captured constants, because a 45,000 × 9,000 map would outgrow a graph's 2 GB limit.
+    @tf.function
+    def epoch(features, labels, order):
+        for i in tf.range(batches):
+            rows = order[i * batch_size:(i + 1) * batch_size]
+            x, y = tf.gather(features, rows), tf.gather(labels, rows)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=True)))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        epoch(features, labels, tf.constant(rng.permutation(len(tx)), tf.int32))
     return {"top1": _top1(model, vx, test_y), "train_top1": _top1(model, tx, train_y)}
 
 
