@@ -13,6 +13,8 @@ training file (5,000 images; 45,000 train) or --eval_npz. A method already in <o
 with the same budget is skipped, so a killed or partial table resumes where it stopped (a method killed
 mid-run resumes from its checkpoint). Writes <out>/cifar10_methods.json, <out>/cifar10_methods.md and
 <out>/cifar10_methods.png (linear and kNN per method against the random-init backbone).
+Peak RSS is the process's peak at the end of the method's training loop (ru_maxrss): a method that
+runs after another in the same process reports the larger of its own and that one's evaluation.
 """
 from __future__ import annotations
 

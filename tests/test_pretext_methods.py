@@ -1,5 +1,7 @@
 """Pretext methods train (loss falls on a tiny fixed set), S4L composes its losses, backbones and
 layer-wise evaluation return what they name."""
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -164,6 +166,25 @@ def test_layerwise_eval_returns_one_accuracy_per_named_layer(name):
     assert [r["layer"] for r in rows] == representation_layers(enc)
     assert all(r["features"] <= 300 or r["features"] == r["shape"][-1] for r in rows)
     assert all(0 <= r["top1"] <= 100 for r in rows)
+
+
+def test_layer_groups_keep_the_budget_and_a_group_at_a_time_gives_the_same_probes(monkeypatch):
+    lw = importlib.import_module("ssl_tf.eval.layerwise")   # the package exports the function of that name
+    enc = build_backbone("resnet18", width=0.125, image_size=16)
+    names = representation_layers(enc)
+    assert lw.layer_groups(enc, names, 16, 300, 30, budget_bytes=1e12) == [names]
+    single = lw.layer_groups(enc, names, 16, 300, 30, budget_bytes=1)
+    assert single == [[n] for n in names]                       # too small for any two: one layer each
+    ex = _examples(40)
+    train, test = ex.subset(np.arange(30)), ex.subset(np.arange(30, 40))
+    together = layerwise(enc, train, test, 10, image_size=16, max_features=300, epochs=2, batch_size=16)
+    passes = []
+    real = lw.extract_layers
+    monkeypatch.setattr(lw, "extract_layers", lambda *a, **k: passes.append(list(a[2])) or real(*a, **k))
+    monkeypatch.setattr(lw, "layer_groups", lambda *a, **k: [[n] for n in names])
+    apart = layerwise(enc, train, test, 10, image_size=16, max_features=300, epochs=2, batch_size=16)
+    assert passes == [[n] for n in names for _ in (0, 1)]       # train and test of one layer, then the next
+    assert [r["top1"] for r in apart] == [r["top1"] for r in together]
 
 
 def test_jigsaw_plus_replaces_up_to_two_tiles_with_another_images(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ Each named layer's map is average-pooled down to at most ``max_features`` values
 revisiting code's 9000) — adaptive pooling to an s×s grid with s = ⌊√(max_features / C)⌋,
 nothing when the map is already small enough — flattened, and probed with the offline
 linear (or MLP) probe. Layers are extracted in groups that fit a memory budget, so the
-backbone runs once per group rather than once per layer.
+backbone runs once per group rather than once per layer, and each group is probed and
+dropped before the next is extracted.
 """
 from __future__ import annotations
 
@@ -42,53 +43,59 @@ def pool_features(x, max_features: int):
     return tf.reshape(x, [tf.shape(x)[0], -1])
 
 
-def extract_layers(backbone, examples, names, image_size: int, max_features: int, batch_size: int = 256,
-                   budget_bytes: float = 1.5e9):
-    """{layer name: pooled features [N, ≤ max_features]} and labels [N], in the order of ``examples``."""
-    n = len(examples)
-    model = intermediate_model(backbone, list(names))
-    probe_shapes = model(tf.zeros([1, image_size, image_size, 3]), training=False)
-    sizes = {k: int(pool_features(v, max_features).shape[-1]) for k, v in probe_shapes.items()}
+def layer_groups(backbone, names, image_size: int, max_features: int, num_examples: int,
+                 budget_bytes: float = 1.5e9) -> list[list[str]]:
+    """``names`` in consecutive groups whose pooled features for ``num_examples`` fit ``budget_bytes``
+    (a layer larger than the budget is a group of its own)."""
+    shapes = intermediate_model(backbone, list(names))(tf.zeros([1, image_size, image_size, 3]), training=False)
+    sizes = {k: int(pool_features(v, max_features).shape[-1]) for k, v in shapes.items()}
     groups, current, used = [], [], 0
     for name in names:
-        cost = sizes[name] * n * 4
+        cost = sizes[name] * num_examples * 4
         if current and used + cost > budget_bytes:
             groups.append(current)
             current, used = [], 0
         current.append(name)
         used += cost
-    groups.append(current)
-    out, labels = {}, None
-    for group in groups:
-        sub = intermediate_model(backbone, group)
-        forward = tf.function(lambda x: {k: pool_features(v, max_features) for k, v in sub(x, training=False).items()},
-                              reduce_retracing=True)
-        parts, ys = {k: [] for k in group}, []
-        for x, y in pipeline.eval_batches(examples, image_size, batch_size):
-            for k, v in forward(x).items():
-                parts[k].append(v.numpy())
-            ys.append(y.numpy())
-        out.update({k: np.concatenate(v).astype(np.float32) for k, v in parts.items()})
-        labels = np.concatenate(ys)
-    return out, labels
+    return groups + [current]
+
+
+def extract_layers(backbone, examples, names, image_size: int, max_features: int, batch_size: int = 256):
+    """{layer name: pooled features [N, ≤ max_features]} and labels [N], in the order of ``examples``,
+    from one pass of the backbone."""
+    sub = intermediate_model(backbone, list(names))
+    forward = tf.function(lambda x: {k: pool_features(v, max_features) for k, v in sub(x, training=False).items()},
+                          reduce_retracing=True)
+    parts, ys = {k: [] for k in names}, []
+    for x, y in pipeline.eval_batches(examples, image_size, batch_size):
+        for k, v in forward(x).items():
+            parts[k].append(v.numpy())
+        ys.append(y.numpy())
+    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}, np.concatenate(ys)
 
 
 def layerwise(backbone: keras.Model, train: Examples, test: Examples, num_classes: int, *, image_size: int,
               max_features: int = 9000, head: str = "linear", epochs: int = 100, batch_size: int = 256, seed: int = 0,
               log=None) -> list[dict]:
-    """One row per representation layer, input to output: {layer, shape, features, top1}."""
+    """One row per representation layer, input to output: {layer, shape, features, top1}.
+
+    The backbone runs once per group of layers, and only one group's features are held at a time:
+    all six ResNet layers of 45,000 images at ≤ 9,000 features each are 5.7 GB."""
     names = representation_layers(backbone)
     shapes = intermediate_model(backbone, names)(tf.zeros([1, image_size, image_size, 3]), training=False)
-    train_feats, train_y = extract_layers(backbone, train, names, image_size, max_features, batch_size)
-    test_feats, test_y = extract_layers(backbone, test, names, image_size, max_features, batch_size)
     rows = []
-    for depth, name in enumerate(names):
-        res = probe(train_feats[name], train_y, test_feats[name], test_y, num_classes, head=head, epochs=epochs,
-                    batch_size=batch_size, seed=seed)
-        rows.append({"layer": name, "depth": depth, "shape": list(shapes[name].shape[1:]),
-                     "features": int(train_feats[name].shape[1]), "top1": round(res["top1"], 2)})
-        if log:
-            log(f"[layerwise_eval] {name}: {rows[-1]['features']} features, top-1 {rows[-1]['top1']:.2f}")
+    for group in layer_groups(backbone, names, image_size, max_features, len(train)):
+        train_feats, train_y = extract_layers(backbone, train, group, image_size, max_features, batch_size)
+        test_feats, test_y = extract_layers(backbone, test, group, image_size, max_features, batch_size)
+        for name in group:
+            x, test_x = train_feats.pop(name), test_feats.pop(name)
+            res = probe(x, train_y, test_x, test_y, num_classes, head=head, epochs=epochs, batch_size=batch_size,
+                        seed=seed)
+            rows.append({"layer": name, "depth": names.index(name), "shape": list(shapes[name].shape[1:]),
+                         "features": int(x.shape[1]), "top1": round(res["top1"], 2)})
+            del x, test_x
+            if log:
+                log(f"[layerwise_eval] {name}: {rows[-1]['features']} features, top-1 {rows[-1]['top1']:.2f}")
     return rows
 
 

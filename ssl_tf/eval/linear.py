@@ -39,14 +39,19 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: 
           head: str = "linear", epochs: int = 100, batch_size: int = 256, learning_rate: float = 0.1,
           seed: int = 0) -> dict:
     """Train ``head`` on cached (train_x, train_y); top-1 (%) on the test and the train set."""
+    # One standardised copy of each set and no temporaries of the features' size (a layer-wise
+    # probe's 45,000 × 9,000 map is 1.6 GB): the std comes from the centred copy.
     mean = train_x.mean(0, keepdims=True)
-    std = train_x.std(0, keepdims=True) + 1e-6
-    tx, vx = (train_x - mean) / std, (test_x - mean) / std
+    tx, vx = np.subtract(train_x, mean, dtype=np.float32), np.subtract(test_x, mean, dtype=np.float32)
+    std = np.sqrt(np.einsum("ij,ij->j", tx, tx) / len(tx))[None] + 1e-6
+    tx /= std
+    vx /= std
     steps = epochs * int(np.ceil(len(tx) / batch_size))
     model, optimizer = _head_and_optimizer(num_classes, tx.shape[1], head, steps, learning_rate, batch_size, seed)
     optimizer.build(model.trainable_variables)
     features, labels = tf.convert_to_tensor(tx), tf.convert_to_tensor(train_y, tf.int32)
     batches = int(np.ceil(len(tx) / batch_size))
+    del tx   # the tensor is the one copy kept
 
     # One graph call per epoch: a layer-wise probe is 12 heads × 50 epochs of steps far too small
     # (256 × ≤ 9000 × classes) to hide Python's per-step cost. The features come in as arguments,
@@ -62,8 +67,8 @@ def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: 
 
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
-        epoch(features, labels, tf.constant(rng.permutation(len(tx)), tf.int32))
-    return {"top1": _top1(model, vx, test_y), "train_top1": _top1(model, tx, train_y)}
+        epoch(features, labels, tf.constant(rng.permutation(len(train_y)), tf.int32))
+    return {"top1": _top1(model, vx, test_y), "train_top1": _top1(model, features, train_y)}
 
 
 def augmented_probe(encoder: keras.Model, train: Examples, test: Examples, num_classes: int, *, image_size: int,
