@@ -71,7 +71,7 @@ def extract_layers(backbone, examples, names, image_size: int, max_features: int
         for k, v in forward(x).items():
             parts[k].append(v.numpy())
         ys.append(y.numpy())
-    return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}, np.concatenate(ys)
+    return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in parts.items()}, np.concatenate(ys)
 
 
 def layerwise(backbone: keras.Model, train: Examples, test: Examples, num_classes: int, *, image_size: int,
