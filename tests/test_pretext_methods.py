@@ -172,8 +172,9 @@ def test_layer_groups_keep_the_budget_and_a_group_at_a_time_gives_the_same_probe
     lw = importlib.import_module("ssl_tf.eval.layerwise")   # the package exports the function of that name
     enc = build_backbone("resnet18", width=0.125, image_size=16)
     names = representation_layers(enc)
-    assert lw.layer_groups(enc, names, 16, 300, 30, budget_bytes=1e12) == [names]
-    single = lw.layer_groups(enc, names, 16, 300, 30, budget_bytes=1)
+    sizes = {n: 300 for n in names}
+    assert lw.layer_groups(names, sizes, 30, budget_bytes=1e12) == [names]
+    single = lw.layer_groups(names, sizes, 30, budget_bytes=1)
     assert single == [[n] for n in names]                       # too small for any two: one layer each
     ex = _examples(40)
     train, test = ex.subset(np.arange(30)), ex.subset(np.arange(30, 40))

@@ -43,12 +43,9 @@ def pool_features(x, max_features: int):
     return tf.reshape(x, [tf.shape(x)[0], -1])
 
 
-def layer_groups(backbone, names, image_size: int, max_features: int, num_examples: int,
-                 budget_bytes: float = 1.5e9) -> list[list[str]]:
-    """``names`` in consecutive groups whose pooled features for ``num_examples`` fit ``budget_bytes``
-    (a layer larger than the budget is a group of its own)."""
-    shapes = intermediate_model(backbone, list(names))(tf.zeros([1, image_size, image_size, 3]), training=False)
-    sizes = {k: int(pool_features(v, max_features).shape[-1]) for k, v in shapes.items()}
+def layer_groups(names, sizes: dict, num_examples: int, budget_bytes: float = 1.5e9) -> list[list[str]]:
+    """``names`` in consecutive groups whose pooled features (``sizes[name]`` per example) for
+    ``num_examples`` fit ``budget_bytes`` (a layer larger than the budget is a group of its own)."""
     groups, current, used = [], [], 0
     for name in names:
         cost = sizes[name] * num_examples * 4
@@ -83,8 +80,9 @@ def layerwise(backbone: keras.Model, train: Examples, test: Examples, num_classe
     all six ResNet layers of 45,000 images at ≤ 9,000 features each are 5.7 GB."""
     names = representation_layers(backbone)
     shapes = intermediate_model(backbone, names)(tf.zeros([1, image_size, image_size, 3]), training=False)
+    sizes = {k: int(pool_features(v, max_features).shape[-1]) for k, v in shapes.items()}
     rows = []
-    for group in layer_groups(backbone, names, image_size, max_features, len(train)):
+    for group in layer_groups(names, sizes, len(train)):
         train_feats, train_y = extract_layers(backbone, train, group, image_size, max_features, batch_size)
         test_feats, test_y = extract_layers(backbone, test, group, image_size, max_features, batch_size)
         for name in group:
