@@ -1,6 +1,7 @@
 """CMC and PIRL: the shared memory bank, the Lab views and the split encoder, each loss against a
 NumPy re-derivation of its paper's formula, the bank updates, 2 replicas == 1 device, the settings'
 one-line errors, and a CMC run through the probes and export."""
+import dataclasses
 import json
 import os
 
@@ -268,7 +269,11 @@ def test_pirl_bank_follows_the_image_embedding_and_negatives_scale_with_the_data
 
 
 def test_pirl_two_replicas_match_one_device():
-    one_device_and_two_replicas_agree(lambda: _pirl(sync=True), views.views_for("pirl_pair", CFG), _examples())
+    # 6-px patches: the grid is the 16-px image enlarged 2× (as 16-px patches at 32 px). 8-px patches
+    # come from a 3× enlargement of flat shapes, nearly constant, and the stem BN's tiny variance there
+    # turns float32 rounding into 4e-4 weight differences after 2 steps.
+    cfg = dataclasses.replace(CFG, patch_size=6)
+    one_device_and_two_replicas_agree(lambda: _pirl(sync=True), views.views_for("pirl_pair", cfg), _examples())
 
 
 @pytest.mark.parametrize("flag,value", [("pirl_lambda", 1.5), ("nce_k", 0), ("nce_m", 1.0)])

@@ -44,6 +44,40 @@ def test_grid_patches_come_from_their_cells_with_a_random_gap():
     assert not np.allclose(pa, pb)   # the offsets inside the cells are random
 
 
+def _find(patch, image):
+    """(y, x) where ``patch`` sits exactly in ``image``, or None."""
+    p = patch.shape[0]
+    for y in range(image.shape[0] - p + 1):
+        for x in range(image.shape[1] - p + 1):
+            if np.allclose(image[y:y + p, x:x + p], patch, atol=1e-6):
+                return y, x
+    return None
+
+
+def test_grid_of_a_small_image_is_cut_from_it_enlarged_by_an_integer_factor():
+    """A 32 px image and 16 px patches need a 63 px grid: the patches come from the image enlarged 2×
+    (never resized to 63, whose drifting interpolation phase would tell a patch its cell), in row-major
+    cells of one random 63 px square."""
+    img = np.random.default_rng(0).random([32, 32, 3]).astype(np.float32)
+    big = patches.integer_upscale(tf.constant(img), 63).numpy()
+    assert big.shape == (64, 64, 3)
+    np.testing.assert_allclose(big, np.clip(tf.image.resize(img, [64, 64], method="bicubic"), 0, 1), atol=1e-6)
+    cell = patches.cell_size(16)
+    corners = set()
+    for seed in range(4):
+        tiles = patches.grid_patches(tf.constant(img), tf.constant([seed, 5], tf.int64), 16).numpy()
+        where = [_find(t, big) for t in tiles]
+        assert None not in where
+        def in_cells(oy, ox):   # every patch inside its cell of the 63 px square at (oy, ox)
+            return all(0 <= y - oy - (i // 3) * cell <= cell - 16 and 0 <= x - ox - (i % 3) * cell <= cell - 16
+                       for i, (y, x) in enumerate(where))
+        assert any(in_cells(oy, ox) for oy in (0, 1) for ox in (0, 1))
+        corners.add(where[0])
+    assert len(corners) > 1
+    assert patches.integer_upscale(tf.constant(img), 32).shape == (32, 32, 3)        # large enough: as it is
+    assert patches.integer_upscale(tf.constant(img[:20]), 63).shape == (80, 128, 3)   # the short side decides
+
+
 def test_relative_patch_location_pair_label_is_the_neighbour_index():
     from ssl_tf.methods.relative_patch_location import PAIRS
     cell_ids = tf.constant(np.arange(9, dtype=np.float32)[None, :, None])      # [1 image, 9 patches, F=1]

@@ -97,6 +97,24 @@ def test_jigsaw_batch_permutation_subset_changes_per_step(tmp_path, monkeypatch)
     np.testing.assert_array_equal(fixed.numpy(), np.arange(6))
 
 
+def test_jigsaw_per_image_sampling_arranges_each_images_tiles_in_its_own_labelled_orders(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
+    model = _method("jigsaw", perm_sampling="image", jigsaw_plus=False)
+    model.build_with(_batch(Jigsaw), keras.optimizers.SGD(0.0))
+    h = tf.random.stateless_normal([5, 9, 3], [1, 2])
+    inputs, labels = model.arrange(h, training=True)
+    assert inputs.shape == (5 * 6, 9 * 3) and labels.shape == (5 * 6,)
+    perms, x, y = model.permutations.numpy(), inputs.numpy(), labels.numpy()
+    for row in range(30):             # row i·k + j: image i's tiles in the order of its j-th label
+        np.testing.assert_array_equal(x[row], h.numpy()[row // 6][perms[y[row]]].reshape(-1))
+    assert len({tuple(r) for r in y.reshape(5, 6)}) == 5         # each image has its own draws
+    model.optimizer.iterations.assign(1)
+    assert not np.array_equal(model.arrange(h, training=True)[1].numpy(), y)
+    fixed_x, fixed_y = model.arrange(h, training=False)          # outside training: the batch's fixed subset
+    np.testing.assert_array_equal(fixed_y.numpy(), np.tile(np.arange(6), 5))
+    np.testing.assert_array_equal(fixed_x.numpy()[7], h.numpy()[1][perms[1]].reshape(-1))
+
+
 def test_colorization_encoder_sees_only_lightness_and_counts_bins_across_replicas():
     enc = build_backbone("resnet10", width=0.125, image_size=16, input_mode="lightness")
     rgb = np.random.default_rng(0).random([2, 16, 16, 3]).astype(np.float32)

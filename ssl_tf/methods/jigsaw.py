@@ -3,9 +3,13 @@
 The 9 patches of the grid are encoded with shared weights; their embeddings are
 concatenated in the order of a permutation from the maximal-Hamming set
 (``--num_permutations``, default 1000) and the classifier names the permutation. As in
-the revisiting code, each training batch uses one random subset of ``--perm_subset_size``
-permutations (default 8) applied to every image; outside training (model building) the
-first ``perm_subset_size`` of the set, so memory never scales with all 1000. Jigsaw++
+the revisiting code (``--perm_sampling=batch``), each training batch uses one random subset
+of ``--perm_subset_size`` permutations (default 8) applied to every image; with
+``--perm_sampling=image`` every image draws its own ``perm_subset_size`` permutations, as
+Noroozi & Favaro draw one per image — a batch then shows the classifier b·k labels instead of
+k, which a run of a thousand steps needs to see each of 1000 classes more than a few times.
+Outside training (model building) the first ``perm_subset_size`` of the set, so memory never
+scales with all 1000. Jigsaw++
 replaces 0, 1 or 2 random patches of each image with patches of another image of the
 batch, keeping the label.
 """
@@ -30,7 +34,12 @@ class Jigsaw(PatchTask):
     class Params(PatchTask.Params):
         num_permutations: int = param(1000, "Size of the maximal-Hamming permutation set.",
                                       source="Noroozi & Favaro 2016: 1000")
-        perm_subset_size: int = param(8, "Permutations used per training batch.", source="revisiting: 8")
+        perm_subset_size: int = param(8, "Permutations used per training batch (per image with "
+                                      "--perm_sampling=image).", source="revisiting: 8")
+        perm_sampling: str = param("batch", "Training permutations: 'batch' (one random subset of --perm_subset_size "
+                                   "for every image of a batch) or 'image' (each image draws its own).",
+                                   source="revisiting: batch; Noroozi & Favaro 2016: one per image",
+                                   choices=("batch", "image"))
         jigsaw_plus: bool = param(False, "Jigsaw++: replace up to 2 tiles of each image with another image's tiles.",
                                   source="Noroozi et al. 2018")
 
@@ -41,16 +50,18 @@ class Jigsaw(PatchTask):
                   f"must be in [1, --num_permutations={self.num_permutations}]")
 
     def __init__(self, encoder, num_classes=0, num_permutations=1000, perm_subset_size=8, jigsaw_plus=False,
-                 **kwargs):
+                 perm_sampling="batch", **kwargs):
         super().__init__(encoder, num_classes, num_outputs=num_permutations, **kwargs)
         self.permutations = tf.constant(patches.load_permutations(num_permutations), tf.int32)
         self.perm_subset_size = min(perm_subset_size, num_permutations)
         self.jigsaw_plus = jigsaw_plus
+        self.perm_sampling = perm_sampling
 
     @classmethod
     def from_params(cls, p: Params, shared, encoder, num_classes, num_examples=1):
         return cls(encoder, num_classes, num_permutations=p.num_permutations, perm_subset_size=p.perm_subset_size,
-                   jigsaw_plus=p.jigsaw_plus, head_hidden=p.head_hidden, seed=shared.seed)
+                   jigsaw_plus=p.jigsaw_plus, perm_sampling=p.perm_sampling, head_hidden=p.head_hidden,
+                   seed=shared.seed)
 
     def arrangements(self, training):
         n = tf.shape(self.permutations)[0]
@@ -59,6 +70,16 @@ class Jigsaw(PatchTask):
             return tf.gather(self.permutations, labels), labels
         labels = tf.random.experimental.stateless_shuffle(tf.range(n), self.step_seed(1))[:self.perm_subset_size]
         return tf.gather(self.permutations, labels), labels
+
+    def arrange(self, embeddings, training):
+        if not (training and self.perm_sampling == "image"):
+            return super().arrange(embeddings, training)
+        b, t, f = tf.shape(embeddings)[0], embeddings.shape[1], embeddings.shape[2]
+        labels = tf.random.stateless_uniform([b, self.perm_subset_size], self.step_seed(1), 0,
+                                             tf.shape(self.permutations)[0], tf.int32)
+        orders = tf.gather(self.permutations, labels)                                # [b, k, 9]
+        arranged = tf.gather(embeddings, orders, axis=1, batch_dims=1)               # [b, k, 9, F]
+        return tf.reshape(arranged, [-1, t * f]), tf.reshape(labels, [-1])
 
     def mix_embeddings(self, embeddings, training):
         if not (self.jigsaw_plus and training):

@@ -68,14 +68,19 @@ class PatchTask(SSLMethod):
         """Hook on the [b, 9, F] patch embeddings before arranging (Jigsaw++ replaces some)."""
         return embeddings
 
+    def arrange(self, embeddings, training):
+        """[b, 9, F] patch embeddings -> (classifier inputs [b·m, k·F], labels [b·m]): every image in
+        every order of ``arrangements``, image-major."""
+        orders, labels = self.arrangements(training)
+        return patches.permute_and_concat(embeddings, orders), tf.tile(labels, [tf.shape(embeddings)[0]])
+
     def objective(self, batch, training):
         tiles = batch["views"]                                   # [b, 9, P, P, 3]
         b = tf.shape(tiles)[0]
         h = self.encoder(tf.reshape(tiles, [-1, *tiles.shape[2:]]), training=training)
         h = tf.reshape(h, [b, patches.GRID * patches.GRID, -1])
-        orders, labels = self.arrangements(training)
-        logits = self.task_head(patches.permute_and_concat(self.mix_embeddings(h, training), orders),
-                                training=training)
-        loss, acc = cross_entropy(tf.tile(labels, [b]), logits)
+        inputs, labels = self.arrange(self.mix_embeddings(h, training), training)
+        logits = self.task_head(inputs, training=training)
+        loss, acc = cross_entropy(labels, logits)
         # The probe sees the mean patch embedding (the revisiting code's avg-pool over patches).
         return Objective(loss, features=tf.reduce_mean(h, 1), embeddings=None, logs={f"{self.task_name}_acc": acc})
