@@ -78,6 +78,18 @@ def test_grid_of_a_small_image_is_cut_from_it_enlarged_by_an_integer_factor():
     assert patches.integer_upscale(tf.constant(img[:20]), 63).shape == (80, 128, 3)   # the short side decides
 
 
+def test_patch_grid_view_brings_an_image_of_another_size_to_the_runs_scale_first():
+    from ssl_tf.data import ops, views
+    cfg = views.AugmentConfig(image_size=32, patch_size=16)
+    img = np.random.default_rng(1).integers(0, 256, [48, 80, 3]).astype(np.uint8)
+    seed = tf.constant([3, 4], tf.int64)
+    tiles = views.patch_grid(tf.constant(img), seed, cfg).numpy()
+    at_32 = tf.cast(tf.round(ops.resize(ops.to_float(tf.constant(img)), 32) * 255), tf.uint8)
+    same = views.patch_grid(at_32, seed, cfg)
+    assert tiles.shape == (9, 16, 16, 3)
+    np.testing.assert_allclose(tiles, same.numpy(), atol=1.5 / 255)   # as the 32-px image (to uint8 rounding)
+
+
 def test_relative_patch_location_pair_label_is_the_neighbour_index():
     from ssl_tf.methods.relative_patch_location import PAIRS
     cell_ids = tf.constant(np.arange(9, dtype=np.float32)[None, :, None])      # [1 image, 9 patches, F=1]

@@ -107,12 +107,32 @@ def test_jigsaw_per_image_sampling_arranges_each_images_tiles_in_its_own_labelle
     perms, x, y = model.permutations.numpy(), inputs.numpy(), labels.numpy()
     for row in range(30):             # row i·k + j: image i's tiles in the order of its j-th label
         np.testing.assert_array_equal(x[row], h.numpy()[row // 6][perms[y[row]]].reshape(-1))
-    assert len({tuple(r) for r in y.reshape(5, 6)}) == 5         # each image has its own draws
+    assert len({tuple(r) for r in y.reshape(5, 6)}) == 5         # each image has its own draws,
+    assert all(len(set(r)) == 6 for r in y.reshape(5, 6))         # k distinct ones
     model.optimizer.iterations.assign(1)
     assert not np.array_equal(model.arrange(h, training=True)[1].numpy(), y)
     fixed_x, fixed_y = model.arrange(h, training=False)          # outside training: the batch's fixed subset
     np.testing.assert_array_equal(fixed_y.numpy(), np.tile(np.arange(6), 5))
     np.testing.assert_array_equal(fixed_x.numpy()[7], h.numpy()[1][perms[1]].reshape(-1))
+
+
+def test_jigsaw_per_image_sampling_trains_and_two_replicas_draw_what_one_device_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_TF_CACHE", str(tmp_path))
+    model = _method("jigsaw", perm_sampling="image", jigsaw_plus=False)
+    batch = _batch(Jigsaw)
+    model.build_with(batch, keras.optimizers.Adam(3e-3))
+    step = tf.function(model.train_step)
+    losses = [float(step(batch)["loss"]) for _ in range(25)]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    h = tf.random.stateless_normal([4, 9, 3], [3, 4])
+    _, one = model.arrange(h, training=True)
+    strategy = distribute.make_strategy("mirrored")
+    halves = strategy.experimental_distribute_values_from_function(lambda ctx: h[2 * ctx.replica_id_in_sync_group:][:2])
+    two = strategy.run(lambda x: model.arrange(x, training=True)[1], args=(halves,))
+    np.testing.assert_array_equal(np.concatenate([t.numpy() for t in strategy.experimental_local_results(two)]),
+                                  one.numpy())
+    with pytest.raises(ValueError, match="--perm_sampling=images: unknown"):
+        _method("jigsaw", perm_sampling="images")
 
 
 def test_colorization_encoder_sees_only_lightness_and_counts_bins_across_replicas():

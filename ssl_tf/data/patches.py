@@ -30,12 +30,14 @@ def grid_patches(image, seed, patch_size: int, jitter: float = REVISITING_JITTER
     """float image [H, W, C] -> the 9 patches of a 3×3 grid, [9, P, P, C] in row-major order.
 
     The grid's side (3 cells) is cut at a random place from the image enlarged by the smallest
-    integer factor that covers it (none when the image is large enough: the revisiting and VISSL
-    pipelines resize once, crop 255 and cut 85-pixel cells). Never resized to the side itself: a
-    non-integer factor (32 → 63 px) leaves an interpolation phase that drifts across the image and
-    tells a patch where it was cut: a three-layer CNN trained 15 epochs on 5,000 images of uniform
-    noise names the cell of a held-out patch 97 % of the time when the noise is resized 32 → 63, and
-    11 % (chance) when it is enlarged 2× and cropped.
+    integer factor that covers it, or as it is when it is large enough (the revisiting and VISSL
+    pipelines resize the image once, crop 255 and cut 85-pixel cells). It is never resized to the side
+    itself: a non-integer factor (32 → 63 px) leaves an interpolation phase that drifts across the image
+    and tells a patch where it was cut. ``experiments/patch_position_leak.py`` trains a three-layer CNN
+    to name the cell of single patches of uniform noise: 97 % held-out accuracy on the image resized to
+    63 px, chance (11 %) on this grid — measured for the 2× case (32 px, 16-px patches). With the
+    default ``--patch_size`` (image/2) the factor is 2 at 32, 64, 96, 128 and 224 px; at 16 px with
+    8-px patches it is 3 and the grid covers two thirds of each side.
     """
     cell = cell_size(patch_size, jitter)
     side = GRID * cell
@@ -51,12 +53,14 @@ def grid_patches(image, seed, patch_size: int, jitter: float = REVISITING_JITTER
 
 
 def integer_upscale(image, side: int):
-    """[H, W, C] -> [kH, kW, C] with the smallest integer k ≥ 1 such that min(kH, kW) ≥ ``side``."""
+    """float [H, W, C] in [0, 1] -> [kH, kW, C] with the smallest integer k ≥ 1 such that
+    min(kH, kW) ≥ ``side`` (bicubic, clipped to [0, 1])."""
     hw = tf.shape(image)[:2]
     short = tf.reduce_min(hw)
     k = (side + short - 1) // short
-    return tf.cond(k > 1, lambda: tf.clip_by_value(tf.image.resize(image, hw * k, method=UPSCALE), 0.0, 1.0),
-                   lambda: image)
+    def enlarge():
+        return tf.cast(tf.clip_by_value(tf.image.resize(image, hw * k, method=UPSCALE), 0.0, 1.0), image.dtype)
+    return tf.cond(k > 1, enlarge, lambda: image)
 
 
 def overlapping_side(image_size: int, patch_size: int, stride: int) -> int:

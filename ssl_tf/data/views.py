@@ -170,9 +170,13 @@ def rotations(image, seed, cfg: AugmentConfig):
 
 
 def patch_grid(image, seed, cfg: AugmentConfig):
-    """The 3×3 grid of jittered patches, each with its own chromatic guard: [9, P, P, 3]."""
+    """The 3×3 grid of jittered patches, each with its own chromatic guard: [9, P, P, 3]. An image of
+    another size (a streamed source) is first resized to S×S, the run's scale."""
     s = ops.split_seed(seed, 2 + 9)
-    x = ops.random_flip(ops.to_float(image), s[0])
+    x = ops.to_float(image)
+    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
+        x = ops.resize(x, cfg.image_size)
+    x = ops.random_flip(x, s[0])
     tiles = patches.grid_patches(x, s[1], cfg.patch_size, cfg.patch_jitter)
     guarded = [ops.chromatic_guard(tiles[i], s[2 + i], cfg.patch_grayscale_p) for i in range(9)]
     return tf.ensure_shape(tf.stack(guarded), [9, cfg.patch_size, cfg.patch_size, 3])

@@ -5,7 +5,7 @@ concatenated in the order of a permutation from the maximal-Hamming set
 (``--num_permutations``, default 1000) and the classifier names the permutation. As in
 the revisiting code (``--perm_sampling=batch``), each training batch uses one random subset
 of ``--perm_subset_size`` permutations (default 8) applied to every image; with
-``--perm_sampling=image`` every image draws its own ``perm_subset_size`` permutations, as
+``--perm_sampling=image`` every image draws its own ``perm_subset_size`` distinct permutations, as
 Noroozi & Favaro draw one per image — a batch then shows the classifier b·k labels instead of
 k, which a run of a thousand steps needs to see each of 1000 classes more than a few times.
 Outside training (model building) the first ``perm_subset_size`` of the set, so memory never
@@ -20,10 +20,12 @@ import dataclasses
 import tensorflow as tf
 
 from ssl_tf.data import patches
+from ssl_tf.errors import SSLTFError
 from ssl_tf.methods.patch_task import PatchTask
 from ssl_tf.methods.settings import check, param, register
 
 MAX_FOREIGN_TILES = 2   # Jigsaw++
+SAMPLING = ("batch", "image")
 
 
 @register("jigsaw", family="pretext")
@@ -39,7 +41,7 @@ class Jigsaw(PatchTask):
         perm_sampling: str = param("batch", "Training permutations: 'batch' (one random subset of --perm_subset_size "
                                    "for every image of a batch) or 'image' (each image draws its own).",
                                    source="revisiting: batch; Noroozi & Favaro 2016: one per image",
-                                   choices=("batch", "image"))
+                                   choices=SAMPLING)
         jigsaw_plus: bool = param(False, "Jigsaw++: replace up to 2 tiles of each image with another image's tiles.",
                                   source="Noroozi et al. 2018")
 
@@ -55,6 +57,8 @@ class Jigsaw(PatchTask):
         self.permutations = tf.constant(patches.load_permutations(num_permutations), tf.int32)
         self.perm_subset_size = min(perm_subset_size, num_permutations)
         self.jigsaw_plus = jigsaw_plus
+        if perm_sampling not in SAMPLING:
+            raise SSLTFError(f"--perm_sampling={perm_sampling}: unknown; accepted: {', '.join(SAMPLING)}")
         self.perm_sampling = perm_sampling
 
     @classmethod
@@ -75,8 +79,10 @@ class Jigsaw(PatchTask):
         if not (training and self.perm_sampling == "image"):
             return super().arrange(embeddings, training)
         b, t, f = tf.shape(embeddings)[0], embeddings.shape[1], embeddings.shape[2]
-        labels = tf.random.stateless_uniform([b, self.perm_subset_size], self.step_seed(1), 0,
-                                             tf.shape(self.permutations)[0], tf.int32)
+        # k distinct permutations per image: the top k of uniform keys, drawn for the global batch so
+        # that 2 replicas draw what one device does
+        keys = self.batch_uniform(b, [tf.shape(self.permutations)[0]], salt=1)
+        labels = tf.math.top_k(keys, self.perm_subset_size).indices                 # [b, k]
         orders = tf.gather(self.permutations, labels)                                # [b, k, 9]
         arranged = tf.gather(embeddings, orders, axis=1, batch_dims=1)               # [b, k, 9, F]
         return tf.reshape(arranged, [-1, t * f]), tf.reshape(labels, [-1])
