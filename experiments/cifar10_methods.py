@@ -8,11 +8,12 @@ backbone, epochs, images/s, peak memory, the collapse monitor at the end and the
 Each method trains with its budget recipe, flags/<method>/cifar10_20min.flags (the reasons for each
 departure from the paper are its comments), for --minutes of the training loop: ``--train_minutes``
 sizes the cosine schedule to the steps that fit, measured while training. ``METHOD@BACKBONE`` trains
-the same recipe on another backbone (DINO on vit_tiny). Evaluation: a stratified, seeded 10% of the
-training file (5,000 images; 45,000 train) or --eval_npz. A method already in <out>/cifar10_methods.json
-with the same budget is skipped, so a killed or partial table resumes where it stopped (a method killed
-mid-run resumes from its checkpoint). Writes <out>/cifar10_methods.json, <out>/cifar10_methods.md and
-<out>/cifar10_methods.png (linear and kNN per method against the random-init backbone).
+the same recipe on another backbone (DINO on vit_tiny, at DeiT-tiny's width: 192, 12 blocks).
+Evaluation: a stratified, seeded 10% of the training file (5,000 images; 45,000 train) or --eval_npz.
+A method already in <out>/cifar10_methods.json with the same budget is skipped, so a killed or partial table
+resumes where it stopped (a method killed mid-run resumes from its checkpoint). Writes
+<out>/cifar10_methods.json, <out>/cifar10_methods.md and <out>/cifar10_methods.png (linear and kNN per method
+against the random-init backbone).
 Peak RSS is the process's peak at the end of the method's training loop (ru_maxrss): a method that
 runs after another in the same process reports the larger of its own and that one's evaluation.
 """
@@ -48,6 +49,7 @@ def config_for(spec: str, args, model_dir: str, *extra: str):
             f"--seed={args.seed}", "--progress=false", "--plots=false"]
     argv += [f"--eval_dataset=npz:{args.eval_npz}"] if args.eval_npz else []
     argv += [f"--backbone={backbone}"] if backbone else []
+    argv += ["--width=1.0"] if backbone.startswith("vit") else []    # the flagfiles' ×0.25 sizes the ResNet
     argv += list(extra)
     fv = flags.FlagValues()
     cli.define_flags(fv)
