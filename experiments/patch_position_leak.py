@@ -24,10 +24,7 @@ PATCH = 16
 
 def resized_grid(image, seed):
     cell = patches.cell_size(PATCH)
-    big = ops.resize(image, 3 * cell)
-    offsets = tf.random.stateless_uniform([9, 2], seed, 0, cell - PATCH + 1, tf.int32)
-    return tf.stack([tf.slice(big, [(i // 3) * cell + offsets[i, 0], (i % 3) * cell + offsets[i, 1], 0],
-                              [PATCH, PATCH, 3]) for i in range(9)])
+    return patches.cut_cells(ops.resize(image, 3 * cell), seed, cell, PATCH)
 
 
 GRIDS = {"resized": resized_grid, "ssl_tf": lambda image, seed: patches.grid_patches(image, seed, PATCH)}

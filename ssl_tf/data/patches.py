@@ -3,9 +3,9 @@
 Used by relative patch location (Doersch et al. 2015) and jigsaw (Noroozi & Favaro 2016).
 ``grid_patches`` cuts the 3×3 grid the revisiting code cuts (``crop_patches``): each cell is
 ``patch_size / (1 - jitter)`` pixels (the image enlarged by an integer factor when it is smaller
-than the grid), and each patch is a ``patch_size`` square at a random offset inside its cell — a random gap of up to
-``jitter`` × cell between neighbours, so edges cannot be matched pixel to pixel (the
-revisiting configs: 85-pixel cells, 21 pixels of jitter, 64-pixel patches).
+than the grid), and each patch is a ``patch_size`` square at a random offset inside its cell —
+a random gap of up to ``jitter`` × cell between neighbours, so edges cannot be matched pixel to
+pixel (the revisiting configs: 85-pixel cells, 21 pixels of jitter, 64-pixel patches).
 """
 from __future__ import annotations
 
@@ -36,21 +36,23 @@ def grid_patches(image, seed, patch_size: int, jitter: float = REVISITING_JITTER
     and tells a patch where it was cut. ``experiments/patch_position_leak.py`` trains a three-layer CNN
     to name the cell of single patches of uniform noise: 33 % held-out accuracy after 15 epochs (97 % in
     another run) on the image resized to 63 px, chance (11 %) on this grid — measured for the 2× case
-    (32 px, 16-px patches). With the
-    default ``--patch_size`` (image/2) the factor is 2 at 32, 64, 96, 128 and 224 px; at 16 px with
-    8-px patches it is 3 and the grid covers two thirds of each side.
+    (32 px, 16-px patches). With the default ``--patch_size`` (image/2) the factor is 2 at 32, 64, 96,
+    128 and 224 px; at 16 px with 8-px patches it is 3 and the grid covers two thirds of each side.
     """
     cell = cell_size(patch_size, jitter)
     side = GRID * cell
     seeds = tf.random.experimental.stateless_split(seed, 2)
     image = integer_upscale(image, side)
     image = tf.image.stateless_random_crop(image, [side, side, image.shape[-1]], seeds[0])
-    offsets = tf.random.stateless_uniform([GRID * GRID, 2], seeds[1], 0, cell - patch_size + 1, tf.int32)
-    patches = []
-    for i in range(GRID * GRID):
-        y, x = (i // GRID) * cell + offsets[i, 0], (i % GRID) * cell + offsets[i, 1]
-        patches.append(tf.slice(image, [y, x, 0], [patch_size, patch_size, -1]))
-    return tf.stack(patches)
+    return cut_cells(image, seeds[1], cell, patch_size)
+
+
+def cut_cells(image, seed, cell: int, patch_size: int):
+    """[3·cell, 3·cell, C] -> [9, P, P, C]: from each cell (row-major) a ``patch_size`` square at a
+    random offset inside it."""
+    offsets = tf.random.stateless_uniform([GRID * GRID, 2], seed, 0, cell - patch_size + 1, tf.int32)
+    return tf.stack([tf.slice(image, [(i // GRID) * cell + offsets[i, 0], (i % GRID) * cell + offsets[i, 1], 0],
+                              [patch_size, patch_size, -1]) for i in range(GRID * GRID)])
 
 
 def integer_upscale(image, side: int):

@@ -124,14 +124,16 @@ def crop_flip_view(image, seed, cfg: AugmentConfig):
     return tf.ensure_shape(ops.random_flip(x, s[1]), [cfg.image_size, cfg.image_size, 3])
 
 
+def at_size(x, size: int):
+    """``x`` resized to size×size unless it is already (a streamed source's images differ)."""
+    return x if x.shape[0] == size and x.shape[1] == size else ops.resize(x, size)
+
+
 def weak_view(image, seed, cfg: AugmentConfig):
     """FixMatch's weak augmentation: flip, then translate by up to ``translate`` of the side
     (reflect padding and a random crop back to size)."""
     s = ops.split_seed(seed, 2)
-    x = ops.to_float(image)
-    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
-        x = ops.resize(x, cfg.image_size)
-    x = ops.random_flip(x, s[0])
+    x = ops.random_flip(at_size(ops.to_float(image), cfg.image_size), s[0])
     pad = int(round(cfg.translate * cfg.image_size))
     if pad > 0:
         x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
@@ -173,10 +175,7 @@ def patch_grid(image, seed, cfg: AugmentConfig):
     """The 3×3 grid of jittered patches, each with its own chromatic guard: [9, P, P, 3]. An image of
     another size (a streamed source) is first resized to S×S, the run's scale."""
     s = ops.split_seed(seed, 2 + 9)
-    x = ops.to_float(image)
-    if x.shape[0] != cfg.image_size or x.shape[1] != cfg.image_size:
-        x = ops.resize(x, cfg.image_size)
-    x = ops.random_flip(x, s[0])
+    x = ops.random_flip(at_size(ops.to_float(image), cfg.image_size), s[0])
     tiles = patches.grid_patches(x, s[1], cfg.patch_size, cfg.patch_jitter)
     guarded = [ops.chromatic_guard(tiles[i], s[2 + i], cfg.patch_grayscale_p) for i in range(9)]
     return tf.ensure_shape(tf.stack(guarded), [9, cfg.patch_size, cfg.patch_size, 3])
