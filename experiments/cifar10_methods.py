@@ -8,7 +8,8 @@ backbone, epochs, images/s, peak memory, the collapse monitor at the end and the
 Each method trains with its budget recipe, flags/<method>/cifar10_20min.flags (the reasons for each
 departure from the paper are its comments), for --minutes of the training loop: ``--train_minutes``
 sizes the cosine schedule to the steps that fit, measured while training. ``METHOD@BACKBONE`` trains
-the same recipe on another backbone (DINO on vit_tiny, at DeiT-tiny's width: 192, 12 blocks).
+the same recipe on another backbone, or the method's recipe for it where one exists:
+flags/<method>/cifar10_20min_<backbone>.flags (DINO on vit_tiny, at DeiT-tiny's width: 192, 12 blocks).
 Evaluation: a stratified, seeded 10% of the training file (5,000 images; 45,000 train) or --eval_npz.
 A method already in <out>/cifar10_methods.json with the same budget is skipped, so a killed or partial table
 resumes where it stopped (a method killed mid-run resumes from its checkpoint). Writes
@@ -41,10 +42,16 @@ DEFAULT_METHODS = ("simclr,moco,moco_v3,byol,simsiam,dino,dino@vit_tiny,npid,bar
                    "obow,bigbigan")
 
 
+def budget_flagfile(method: str, backbone: str = "") -> str:
+    own = os.path.join(ROOT, "flags", method, f"cifar10_20min_{backbone}.flags")
+    return own if backbone and os.path.exists(own) else os.path.join(ROOT, "flags", method, "cifar10_20min.flags")
+
+
 def config_for(spec: str, args, model_dir: str, *extra: str):
-    """The Config of ``METHOD[@BACKBONE]`` from its budget flagfile and this benchmark's data."""
+    """The Config of ``METHOD[@BACKBONE]`` from its budget flagfile (``cifar10_20min_BACKBONE.flags`` where
+    the method has one for that backbone) and this benchmark's data."""
     method, _, backbone = spec.partition("@")
-    argv = ["ssl-tf", f"--flagfile={os.path.join(ROOT, 'flags', method, 'cifar10_20min.flags')}",
+    argv = ["ssl-tf", f"--flagfile={budget_flagfile(method, backbone)}",
             f"--dataset=npz:{args.npz}", f"--train_minutes={args.minutes}", f"--model_dir={model_dir}",
             f"--seed={args.seed}", "--progress=false", "--plots=false"]
     argv += [f"--eval_dataset=npz:{args.eval_npz}"] if args.eval_npz else []
@@ -64,7 +71,7 @@ def layerwise_of(res: dict) -> dict:
                                 "layer_random_init": best.get("random_init_top1")}
 
 
-def row_of(res: dict, minutes: float) -> dict:
+def row_of(res: dict, minutes: float, recipe: str) -> dict:
     pre = res["pretrain"]
     final = pre.get("final", {})
     return {**layerwise_of(res), "budget_minutes": minutes, "linear_top1": res["linear_eval"]["top1"],
@@ -75,8 +82,16 @@ def row_of(res: dict, minutes: float) -> dict:
             "train_images_per_sec": pre["train_images_per_sec"], "loop_minutes": round(pre["loop_seconds"] / 60, 2),
             "peak_rss_mb": pre["peak_rss_mb"], "embedding_std": final.get("embedding_std"),
             "effective_rank": final.get("effective_rank"), "collapse_warnings": len(pre.get("collapse_warnings", [])),
-            "machine": pre.get("machine"), "recipe": res["config"]["method"] + "/cifar10_20min.flags"
-            + ("" if res["config"]["backbone"] == "resnet18" else f" --backbone={res['config']['backbone']}")}
+            "machine": pre.get("machine"), "recipe": recipe}
+
+
+def recipe_of(spec: str) -> str:
+    """The flagfile a row trained with (and the backbone, where the flagfile names another)."""
+    method, _, backbone = spec.partition("@")
+    path = budget_flagfile(method, backbone)
+    own = os.path.basename(path) != "cifar10_20min.flags"
+    shown = os.path.relpath(path, os.path.join(ROOT, "flags"))
+    return shown + (f" --backbone={backbone}" if backbone and not own else "")
 
 
 def markdown(summary: dict) -> str:
@@ -142,7 +157,7 @@ def main():
             summary["methods"][name] = dict(done, **layerwise_of(res))
         else:
             res = Runner(cfg, log=lambda *a: print(*a, flush=True)).run()
-            summary["methods"][name] = dict(row_of(res, args.minutes),
+            summary["methods"][name] = dict(row_of(res, args.minutes, recipe_of(spec)),
                                             wall_minutes=round((time.perf_counter() - start) / 60, 2))
         with open(summary_path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)

@@ -53,16 +53,21 @@ def test_simclr_shapes_flagfile_is_the_no_flag_demo():
 
 BUDGET_FILES = sorted(p for p in os.listdir(os.path.join(ROOT, "flags")) if os.path.isfile(
     os.path.join(ROOT, "flags", p, "cifar10_20min.flags")))
+# a method's budget recipe for another backbone: flags/<method>/cifar10_20min_<backbone>.flags
+BACKBONE_BUDGET_FILES = sorted((m, f) for m in BUDGET_FILES for f in os.listdir(os.path.join(ROOT, "flags", m))
+                               if f.startswith("cifar10_20min_") and f.endswith(".flags"))
 
 
 # bownet's: tests/test_bownet.py trains it, with its rotation teacher and a second round
-@pytest.mark.parametrize("method", [m for m in BUDGET_FILES if m != "bownet"])
-def test_each_budget_flagfile_parses_names_its_budget_and_trains_two_steps(method, tmp_path):
-    """flags/<method>/cifar10_20min.flags: the recipe of the 20-minute table, its reasons in comments."""
-    path = os.path.join(ROOT, "flags", method, "cifar10_20min.flags")
+@pytest.mark.parametrize("method,name", [(m, "cifar10_20min.flags") for m in BUDGET_FILES if m != "bownet"]
+                         + BACKBONE_BUDGET_FILES)
+def test_each_budget_flagfile_parses_names_its_budget_and_trains_two_steps(method, name, tmp_path):
+    """flags/<method>/cifar10_20min[_<backbone>].flags: a recipe of the 20-minute table, its reasons in comments."""
+    path = os.path.join(ROOT, "flags", method, name)
     text = open(path, encoding="utf-8").read()
     assert text.startswith("#") and "--train_minutes=20" in text and f"--method={method}" in text
-    assert "--backbone=resnet18" in text             # the table's backbone; the 2 steps below run a smaller one
+    backbone = name[len("cifar10_20min_"):-len(".flags")] if name != "cifar10_20min.flags" else "resnet18"
+    assert f"--backbone={backbone}" in text      # the table's backbone; the 2 steps below run a smaller one
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(["ssl-tf", f"--flagfile={path}", "--dataset=shapes:32,8", "--image_size=16", "--backbone=resnet10",
@@ -81,3 +86,23 @@ def test_the_joint_embedding_infomax_and_pretext_methods_have_budget_flagfiles()
     from ssl_tf.methods import names
     wanted = set(names("joint")) | set(names("infomax")) | set(names("pretext")) - {"s4l_rotation", "s4l_exemplar"}
     assert wanted <= set(BUDGET_FILES)
+
+
+def test_the_methods_benchmark_uses_a_backbone_recipe_where_the_method_has_one(tmp_path):
+    """experiments/cifar10_methods.py: `dino@vit_tiny` trains flags/dino/cifar10_20min_vit_tiny.flags (the ViT's
+    AdamW), `dino` the ResNet recipe (LARS); a method without a ViT recipe runs its own on the ViT, full width."""
+    import argparse
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cifar10_methods", os.path.join(ROOT, "experiments",
+                                                                                  "cifar10_methods.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(npz="x.npz", minutes=20.0, seed=0, eval_npz=None)
+    vit, resnet, byol = (config.resolve(bench.config_for(s, args, str(tmp_path)), 32)
+                         for s in ("dino@vit_tiny", "dino", "byol@vit_tiny"))
+    assert (vit.backbone, vit.width, vit.optimizer) == ("vit_tiny", 1.0, "adamw")
+    assert (resnet.backbone, resnet.width, resnet.optimizer) == ("resnet18", 0.25, "lars")
+    assert (byol.backbone, byol.width, byol.optimizer) == ("vit_tiny", 1.0, "lars")
+    assert bench.recipe_of("dino@vit_tiny") == "dino/cifar10_20min_vit_tiny.flags"
+    assert bench.recipe_of("byol@vit_tiny") == "byol/cifar10_20min.flags --backbone=vit_tiny"
+    assert bench.recipe_of("dino") == "dino/cifar10_20min.flags"
