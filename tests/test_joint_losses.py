@@ -164,6 +164,18 @@ def test_dino_loss_and_center_match_numpy():
                                rtol=1e-6)
 
 
+def test_dino_teacher_entropy_matches_numpy_and_spans_zero_to_ln_k():
+    b, k, tt = 6, 9, 0.04
+    teacher, center = [_f32(b, k) for _ in range(2)], _f32(k)
+    p = [np.exp(_log_softmax((t - center) / tt)) for t in teacher]
+    want = np.mean([np.mean(-(q * np.log(q + 1e-30)).sum(1)) for q in p])
+    np.testing.assert_allclose(float(losses.teacher_entropy(teacher, center, tt)), want, rtol=1e-4, atol=1e-6)
+    same = [np.tile(_f32(1, k), (b, 1))]                  # every image alike: centring leaves a uniform teacher
+    assert float(losses.teacher_entropy(same, same[0][0], tt)) == pytest.approx(np.log(k), rel=1e-5)
+    one_hot = [np.tile(100 * np.eye(k, dtype=np.float32)[:1], (b, 1))]
+    assert float(losses.teacher_entropy(one_hot, np.zeros(k, np.float32), tt)) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_linear_soft_cross_entropy_and_its_gradients_match_numpy(dtype):
     """Σ_v -mean_b Σ_K w_v log softmax(x_v W / T) with rows of w_v summing to n_v, fused with the

@@ -234,6 +234,15 @@ def test_dino_teacher_temperature_warms_up_linearly():
     assert float(model.teacher_temperature_at(25)) == pytest.approx(0.07)
 
 
+def test_dino_head_bn_follows_each_hidden_layer_and_the_step_logs_the_teacher_entropy():
+    model, batch = _built("dino", head_bn=True)
+    mlp = model.head.layers[0]
+    assert [layer.name for layer in mlp.layers if "bn" in layer.name] == ["bn0", "bn1"]   # not after the bottleneck
+    assert not [layer for layer in _method("dino").head.layers[0].layers if "bn" in layer.name]
+    logs = model.train_step(batch)
+    assert 0 < float(logs["teacher_entropy"]) <= np.log(32) + 1e-4       # out_dim 32
+
+
 def test_npid_bank_rows_move_as_the_formula_says():
     model, batch = _built("npid")
     index = batch["index"].numpy()

@@ -27,7 +27,7 @@ from ssl_tf.losses.contrastive import (  # noqa: F401
     nt_xent,
     queue_cross_entropy,
 )
-from ssl_tf.losses.dino import dino_loss, linear_soft_cross_entropy, updated_center  # noqa: F401
+from ssl_tf.losses.dino import dino_loss, linear_soft_cross_entropy, teacher_entropy, updated_center  # noqa: F401
 from ssl_tf.losses.infomax import (  # noqa: F401
     MI_ESTIMATORS,
     amdim_nce,

@@ -71,3 +71,11 @@ def linear_soft_cross_entropy(features, kernel, weights, counts, temperature: fl
 def updated_center(center, teacher_batch_mean, momentum: float):
     """c <- m·c + (1 - m)·mean of the teacher's outputs over the global batch (DINO eq. 4)."""
     return momentum * center + (1.0 - momentum) * teacher_batch_mean
+
+
+def teacher_entropy(teacher, center, teacher_temperature):
+    """Mean entropy (nats) of the teacher's centred, sharpened distributions over the batch and its
+    views — DINO's collapse diagnostic (Caron et al. 2021, Fig. 7): ln K when every image gets the
+    uniform distribution (centring won), 0 when every image gets one prototype (sharpening won)."""
+    logp = [tf.nn.log_softmax((tf.cast(t, tf.float32) - center) / teacher_temperature, -1) for t in teacher]
+    return tf.add_n([tf.reduce_mean(-tf.reduce_sum(tf.exp(lp) * lp, -1)) for lp in logp]) / len(logp)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ssl_tf import distribute
 from ssl_tf.data import views
-from ssl_tf.losses import dino_loss, updated_center
+from ssl_tf.losses import dino_loss, teacher_entropy, updated_center
 from ssl_tf.methods.base import Objective, SSLMethod, after, clone_network, encode_views, target_outputs
 from ssl_tf.methods.settings import MomentumParams, check, param, register
 from ssl_tf.models import dino_head
@@ -52,6 +52,8 @@ class DINO(SSLMethod):
                                      source="main_dino.py --local_crops_number")
         local_crop_size: Optional[int] = param(None, "Local crop side (96 at 224 px; default image_size × 96/224, "
                                                      "half the image at <= 32 px).", source="DINO §3.1: 96")
+        dino_head_bn: bool = param(False, "Batch norm after the head's hidden layers.",
+                                   source="main_dino.py --use_bn_in_head (False); True in lightly's CIFAR-10 benchmark")
         local_crop_scale: float = param(0.4, "Local crops cover 5%% to this fraction of the image; global crops "
                                              "from this to 100%% (--crop_min_scale).",
                                         source="main_dino.py --local_crops_scale 0.05 0.4")
@@ -78,13 +80,13 @@ class DINO(SSLMethod):
 
     def __init__(self, encoder, num_classes=0, out_dim=65536, momentum=0.996, student_temperature=0.1,
                  teacher_temperature=0.07, warmup_teacher_temperature=0.04, teacher_warmup_epochs=30,
-                 center_momentum=0.9, ema_bn_stats=False, precision="float32", **kwargs):
+                 center_momentum=0.9, head_bn=False, ema_bn_stats=False, precision="float32", **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.momentum, self.ema_bn_stats = momentum, ema_bn_stats
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
         self.warmup_teacher_temperature, self.teacher_warmup_epochs = warmup_teacher_temperature, teacher_warmup_epochs
         self.center_momentum = center_momentum
-        self.head = dino_head(out_dim, precision=precision)
+        self.head = dino_head(out_dim, precision=precision, batch_norm=head_bn)
         self.head.build(encoder.output_shape)
         self.teacher_encoder = clone_network(encoder)
         self.teacher_head = clone_network(self.head)
@@ -97,7 +99,7 @@ class DINO(SSLMethod):
                    student_temperature=p.student_temperature, teacher_temperature=p.teacher_temperature,
                    warmup_teacher_temperature=p.warmup_teacher_temperature,
                    teacher_warmup_epochs=p.teacher_warmup_epochs, center_momentum=p.center_momentum,
-                   ema_bn_stats=p.ema_bn_stats, precision=shared.precision)
+                   head_bn=p.dino_head_bn, ema_bn_stats=p.ema_bn_stats, precision=shared.precision)
 
     @property
     def target_pairs(self):
@@ -117,13 +119,16 @@ class DINO(SSLMethod):
         *body, last = self.head.layers   # the MLP and L2 norm; the 65536-wide layer is fused with the loss
         student = encode_views(lambda x, training: _through(body, x, training), features, training)
         step = self.current_step()
+        temperature = self.teacher_temperature_at(step)
         loss = dino_loss(student, last.normalized_kernel(), teacher, self.center, self.student_temperature,
-                         self.teacher_temperature_at(step), matmul_dtype=last.matmul_dtype)
+                         temperature, matmul_dtype=last.matmul_dtype)
         local_sum = tf.add_n([tf.reduce_sum(t, 0) for t in teacher])   # no [2b, K] concatenated copy
         count = tf.cast(tf.shape(teacher[0])[0] * len(teacher), tf.float32)
         batch_mean = distribute.cross_replica_sum(local_sum) / distribute.cross_replica_sum(count)
         return Objective(loss, features=features[0], embeddings=features[0],
-                         logs={"teacher_temperature": self.teacher_temperature_at(step)},
+                         logs={"teacher_temperature": temperature,
+                               # ln K: uniform for every image (no signal); 0: one prototype for all
+                               "teacher_entropy": teacher_entropy(teacher[:1], self.center, temperature)},
                          aux={"teacher_mean": batch_mean})
 
     def after_update(self, aux, step):

@@ -140,15 +140,16 @@ class L2Normalize(layers.Layer):
 
 
 def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, name: str = "dino_head",
-              precision: str = "float32"):
+              precision: str = "float32", batch_norm: bool = False):
     """DINO's head (Caron et al. 2021): 3-layer MLP (2048, 2048, 256) with GELU, L2
-    normalisation, then a weight-normalised linear layer to ``out_dim`` (65536).
+    normalisation, then a weight-normalised linear layer to ``out_dim`` (65536). ``batch_norm``
+    puts a BN after each hidden layer (main_dino.py ``--use_bn_in_head``).
 
     ``precision='mixed_bfloat16'`` (``'mixed_float16'``): the MLP and the last product compute in
     bfloat16 (float16) with float32 variables, and so is the output; the L2 and the kernel's
     normalisations are float32."""
     with dtype_policy(precision):
-        net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=False, activation="gelu")
+        net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=batch_norm, activation="gelu")
     matmul_dtype = compute_dtype(precision)
     return keras.Sequential([net, L2Normalize(dtype="float32"),
                              WeightNormDense(out_dim, matmul_dtype, dtype="float32", name="last_layer")], name=name)
