@@ -55,8 +55,8 @@ def config_for(spec: str, args, model_dir: str, *extra: str):
             f"--dataset=npz:{args.npz}", f"--train_minutes={args.minutes}", f"--model_dir={model_dir}",
             f"--seed={args.seed}", "--progress=false", "--plots=false"]
     argv += [f"--eval_dataset=npz:{args.eval_npz}"] if args.eval_npz else []
-    argv += [f"--backbone={backbone}"] if backbone else []
-    argv += ["--width=1.0"] if backbone.startswith("vit") else []    # the flagfiles' ×0.25 sizes the ResNet
+    if backbone and budget_flagfile(method) == budget_flagfile(method, backbone):   # the ResNet recipe, moved
+        argv += [f"--backbone={backbone}"] + (["--width=1.0"] if backbone.startswith("vit") else [])  # ×0.25: ResNet
     argv += list(extra)
     fv = flags.FlagValues()
     cli.define_flags(fv)
