@@ -13,23 +13,25 @@ from ssl_tf.optim.schedules import (  # noqa: F401
     linear_warmup_value,
     scale_learning_rate,
 )
+from ssl_tf.optim.sgd import SGD
 
 OPTIMIZERS = ("lars", "sgd", "adam", "adamw")
 NO_DECAY = ["bias", "gamma", "beta"]   # Keras variable names of biases and BN parameters
 
 
 def build_optimizer(name: str, learning_rate, weight_decay: float = 0.0, momentum: float = 0.9):
-    """LARS, SGD (momentum, decoupled decay), Adam (no decay) or AdamW; BN and bias never decayed."""
+    """LARS, SGD (momentum, weight decay in the gradient as torch.optim.SGD), Adam (no decay) or AdamW
+    (decoupled decay); BN and bias never decayed."""
     if name == "lars":
         return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
-        opt = keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=weight_decay or None)
-    elif name == "adam":
+        return SGD(learning_rate, momentum=momentum, weight_decay=weight_decay)    # excludes rank <= 1 itself
+    if name == "adam":
         opt = keras.optimizers.Adam(learning_rate)
     elif name == "adamw":
         opt = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
     else:
         raise SSLTFError(f"--optimizer={name}: unknown; accepted: {', '.join(OPTIMIZERS)}")
-    if weight_decay and name != "adam":
+    if weight_decay and name == "adamw":
         opt.exclude_from_weight_decay(var_names=NO_DECAY)
     return opt

@@ -12,35 +12,26 @@ and batch-norm scales/offsets), as SimCLR excludes ``bias`` and ``batch_normaliz
 """
 from __future__ import annotations
 
-import keras
 from keras import ops
 
-
-def excluded(variable) -> bool:
-    """Biases and BN parameters: variables of rank 0 or 1."""
-    return len(variable.shape) <= 1
+from ssl_tf.optim.sgd import SGD, excluded
 
 
-class LARS(keras.optimizers.Optimizer):
+class LARS(SGD):
+    """SGD's momentum buffers and decay, with the trust ratio and the learning rate inside the momentum."""
+
     def __init__(self, learning_rate=0.3, momentum: float = 0.9, weight_decay: float = 1e-6,
                  eeta: float = 1e-3, name: str = "lars", **kwargs):
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.momentum = momentum
-        self.lars_weight_decay = weight_decay
+        super().__init__(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay, name=name,
+                         **kwargs)
         self.eeta = eeta
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self.velocities = [self.add_variable_from_reference(v, "velocity") for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
         v = self.velocities[self._get_variable_index(variable)]
         if not excluded(variable):
-            g = g + self.lars_weight_decay * variable
+            g = g + self.l2_weight_decay * variable
             w_norm = ops.sqrt(ops.sum(ops.square(variable)))
             g_norm = ops.sqrt(ops.sum(ops.square(g)))
             ratio = ops.where(ops.logical_and(w_norm > 0, g_norm > 0),
@@ -50,6 +41,4 @@ class LARS(keras.optimizers.Optimizer):
         self.assign_sub(variable, v)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(momentum=self.momentum, weight_decay=self.lars_weight_decay, eeta=self.eeta)
-        return config
+        return {**super().get_config(), "eeta": self.eeta}
