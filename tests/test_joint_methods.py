@@ -215,8 +215,10 @@ def test_moco_keys_use_shuffled_bn_groups_and_come_back_in_order():
 
 # -- DINO centre, NPID bank, SimSiam fixed lr ---------------------------------------------------
 
-def test_dino_center_follows_its_ema_formula():
-    model, batch = _built("dino")
+@pytest.mark.parametrize("head_bn", [False, True])
+def test_dino_center_follows_its_ema_formula(head_bn):
+    # with a BN in the head, this also holds only if the teacher's head sees both views in one batch
+    model, batch = _built("dino", head_bn=head_bn)
     g = batch["views"][0]
     crops = tf.concat([g[:, 0], g[:, 1]], 0)
     teacher = model.teacher_head(model.teacher_encoder(crops, training=True), training=True).numpy()
@@ -241,6 +243,30 @@ def test_dino_head_bn_follows_each_hidden_layer_and_the_step_logs_the_teacher_en
     assert not [layer for layer in _method("dino").head.layers[0].layers if "bn" in layer.name]
     logs = model.train_step(batch)
     assert 0 < float(logs["teacher_entropy"]) <= np.log(32) + 1e-4       # out_dim 32
+
+
+def test_dino_last_layer_gets_no_gradient_in_its_frozen_epochs():
+    model, batch = _built("dino", freeze_last_layer_epochs=2)
+    model.steps_per_epoch = 1                        # steps 0 and 1 frozen
+    last = model.head.layers[-1]
+    kernels = [last.normalized_kernel().numpy()]
+    encoder = _values(model.encoder.trainable_variables)
+    for _ in range(3):
+        model.train_step(batch)
+        kernels.append(last.normalized_kernel().numpy())
+    np.testing.assert_allclose(kernels[2], kernels[0], atol=1e-6)     # direction fixed for 2 steps
+    assert np.abs(kernels[3] - kernels[2]).max() > 1e-5                # then it learns
+    assert max(np.abs(a - b.numpy()).max() for a, b in zip(encoder, model.encoder.trainable_variables)) > 1e-5
+
+
+def test_dino_head_starts_as_main_dino():
+    head = _method("dino").head
+    kernels = [layer.kernel.numpy() for layer in head.layers[0].layers if "dense" in layer.name]
+    for k in kernels:                                # trunc_normal(std=0.02): Keras cuts at 2 std (std 0.0176)
+        assert 0.015 < k.std() < 0.021 and np.abs(k).max() <= 0.04 + 1e-6
+    v = head.layers[-1].v.numpy()                    # nn.Linear's default U(±1/sqrt(fan_in))
+    bound = 1 / np.sqrt(v.shape[0])
+    assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
 
 
 def test_npid_bank_rows_move_as_the_formula_says():

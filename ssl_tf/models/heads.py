@@ -50,7 +50,8 @@ def eval_head(kind: str, num_classes: int) -> keras.layers.Layer:
 
 
 def mlp(dims, batch_norm: bool = True, last_bn: bool = False, activation: str = "relu",
-        synchronized_bn: bool = False, name: str = "mlp", input_dim: int | None = None) -> keras.Sequential:
+        synchronized_bn: bool = False, name: str = "mlp", input_dim: int | None = None,
+        kernel_initializer="glorot_uniform") -> keras.Sequential:
     """Dense layers of widths ``dims``; BN (when ``batch_norm``) and ``activation`` after every one
     but the last; ``last_bn`` adds a BN without learned scale/offset to the last (SimSiam's and
     MoCo v3's projector). The paper sizes are the callers' defaults, e.g. BYOL (4096, 256)."""
@@ -58,7 +59,7 @@ def mlp(dims, batch_norm: bool = True, last_bn: bool = False, activation: str = 
     for i, width in enumerate(dims):
         last = i == len(dims) - 1
         norm = batch_norm and (not last or last_bn)
-        stack.append(layers.Dense(width, use_bias=not norm, name=f"dense{i}"))
+        stack.append(layers.Dense(width, use_bias=not norm, kernel_initializer=kernel_initializer, name=f"dense{i}"))
         if norm:
             stack.append(BatchNorm(sync=synchronized_bn, momentum=0.9, epsilon=1e-5, center=not last,
                                    scale=not last, name=f"bn{i}"))
@@ -88,7 +89,10 @@ class WeightNormDense(layers.Layer):
         self.units, self.matmul_dtype = units, matmul_dtype
 
     def build(self, input_shape):
-        self.v = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="v")
+        # U(±1/√fan_in), torch.nn.Linear's default, which main_dino.py leaves on its last layer: only the
+        # direction of a column is used, but its norm sets how fast the gradient turns it
+        init = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+        self.v = self.add_weight(shape=(input_shape[-1], self.units), initializer=init, name="v")
 
     def normalized_kernel(self):
         """v / ||v|| per output column, float32 (DINO's fused loss multiplies by it itself)."""
@@ -148,8 +152,9 @@ def dino_head(out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int 
     ``precision='mixed_bfloat16'`` (``'mixed_float16'``): the MLP and the last product compute in
     bfloat16 (float16) with float32 variables, and so is the output; the L2 and the kernel's
     normalisations are float32."""
-    with dtype_policy(precision):
-        net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=batch_norm, activation="gelu")
+    with dtype_policy(precision):   # main_dino.py DINOHead._init_weights: trunc_normal(std=0.02), bias 0
+        net = mlp((hidden_dim, hidden_dim, bottleneck_dim), batch_norm=batch_norm, activation="gelu",
+                  kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
     matmul_dtype = compute_dtype(precision)
     return keras.Sequential([net, L2Normalize(dtype="float32"),
                              WeightNormDense(out_dim, matmul_dtype, dtype="float32", name="last_layer")], name=name)
