@@ -90,7 +90,7 @@ def test_the_joint_embedding_infomax_and_pretext_methods_have_budget_flagfiles()
 
 def test_the_methods_benchmark_uses_a_backbone_recipe_where_the_method_has_one(tmp_path):
     """experiments/cifar10_methods.py: `dino@vit_tiny` trains flags/dino/cifar10_20min_vit_tiny.flags (the ViT's
-    AdamW), `dino` the ResNet recipe (LARS); a method without a ViT recipe runs its own on the ViT, full width."""
+    AdamW), `dino` the ResNet recipe (SGD); a method without a ViT recipe runs its own on the ViT, full width."""
     import argparse
     import importlib.util
     spec = importlib.util.spec_from_file_location("cifar10_methods", os.path.join(ROOT, "experiments",
@@ -101,7 +101,7 @@ def test_the_methods_benchmark_uses_a_backbone_recipe_where_the_method_has_one(t
     vit, resnet, byol = (config.resolve(bench.config_for(s, args, str(tmp_path)), 32)
                          for s in ("dino@vit_tiny", "dino", "byol@vit_tiny"))
     assert (vit.backbone, vit.width, vit.optimizer) == ("vit_tiny", 1.0, "adamw")
-    assert (resnet.backbone, resnet.width, resnet.optimizer) == ("resnet18", 0.25, "lars")
+    assert (resnet.backbone, resnet.width, resnet.optimizer) == ("resnet18", 0.25, "sgd")
     assert (byol.backbone, byol.width, byol.optimizer) == ("vit_tiny", 1.0, "lars")
     assert bench.recipe_of("dino@vit_tiny") == "dino/cifar10_20min_vit_tiny.flags"
     assert bench.recipe_of("byol@vit_tiny") == "byol/cifar10_20min.flags --backbone=vit_tiny"
