@@ -293,7 +293,13 @@ def test_report_table_reads_results_files(tmp_path):
 
 
 def test_label_efficiency_collects_every_fraction_a_run_measured_and_plots_it(tmp_path):
-    from ssl_tf.eval.report import label_efficiency_rows, label_efficiency_table, plot_label_efficiency
+    from ssl_tf.eval.report import (
+        label_efficiency_rows,
+        label_efficiency_table,
+        load_rows,
+        plot_label_efficiency,
+        run_row,
+    )
     runs = {"ssl": {"config": {"method": "simclr", "label_fraction": 0.1},
                     "linear_eval": {"top1": 45.0, "label_fraction": 0.1,
                                     "by_fraction": {"1%": 30.0, "100%": 56.0, "10%": 45.0}},
@@ -319,6 +325,11 @@ def test_label_efficiency_collects_every_fraction_a_run_measured_and_plots_it(tm
     assert cells[("ssl", "fine-tune")] == ["33.00", "50.00", "–"]
     assert cells[("semi", "fixmatch (EMA)")] == ["–", "61.50", "–"]
     assert "Top-1 against the fraction of labels" in report([str(tmp_path)])
+    # the runs' table gives the probe with every label, not the last fraction probed (ssl's top1 is 10 %'s)
+    linear = {r["run"]: r["linear"] for r in load_rows([str(tmp_path)])}
+    assert linear == {"ssl": 56.0, "semi": None, "full": 44.0}
+    only_some = {"linear_eval": {"top1": 45.0, "label_fraction": 0.1, "by_fraction": {"10%": 45.0}}}
+    assert run_row("x", only_some)["linear"] is None
     path = plot_label_efficiency(rows, str(tmp_path / "curve.png"))
     assert path and os.path.getsize(path) > 1000
 

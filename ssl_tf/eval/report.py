@@ -48,13 +48,25 @@ def run_row(name: str, results: dict) -> dict:
     return {
         "run": name, "method": cfg.get("method"), "backbone": f"{cfg.get('backbone')}×{cfg.get('width')}",
         "epochs": pre.get("epochs", cfg.get("epochs")), "batch": cfg.get("batch_size"),
-        "linear": _top1(results, "linear_eval", "top1"), "MLP": _top1(results, "mlp_eval", "top1"),
+        "linear": _full_labels(results, "linear_eval"), "MLP": _full_labels(results, "mlp_eval"),
         "kNN": _top1(results, "knn", "top1"),
         "1% ft": _top1(ft, "1%", "top1"), "10% ft": _top1(ft, "10%", "top1"), "100% ft": _top1(ft, "100%", "top1"),
         "images/s": pre.get("train_images_per_sec"),
         "semi-sup. (EMA)": pre.get("ema_top1"), "distilled": _top1(results, "distill", "top1"),
         "machine": pre.get("machine") or _machine(results.get("machine")),
     }
+
+
+def _full_labels(results, key):
+    """A probe's top-1 with every label: its latest run records ``top1`` at whatever ``--label_fraction``
+    it had, so a run probed at 100 % and then at 1 % would show the 1 % figure as its linear top-1; the
+    fractions below 100 % belong to the label-efficiency table."""
+    probe = results.get(key)
+    if not isinstance(probe, dict):
+        return None
+    if "100%" in probe.get("by_fraction", {}):
+        return probe["by_fraction"]["100%"]
+    return probe.get("top1") if probe.get("label_fraction", 1.0) >= 1.0 else None
 
 
 def _machine(fingerprint) -> str | None:
