@@ -28,10 +28,9 @@ class LARS(SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
-        g = ops.cast(gradient, variable.dtype)
+        g = self.decayed_gradient(gradient, variable)
         v = self.velocities[self._get_variable_index(variable)]
         if not excluded(variable):
-            g = g + self.l2_weight_decay * variable
             w_norm = ops.sqrt(ops.sum(ops.square(variable)))
             g_norm = ops.sqrt(ops.sum(ops.square(g)))
             ratio = ops.where(ops.logical_and(w_norm > 0, g_norm > 0),

@@ -33,13 +33,17 @@ class SGD(keras.optimizers.Optimizer):
         super().build(variables)
         self.velocities = [self.add_variable_from_reference(v, "velocity") for v in variables]
 
-    def update_step(self, gradient, variable, learning_rate):
-        lr = ops.cast(learning_rate, variable.dtype)
+    def decayed_gradient(self, gradient, variable):
+        """d = g + λ·w, in the variable's dtype (g alone for biases and norm parameters)."""
         d = ops.cast(gradient, variable.dtype)
         if self.l2_weight_decay and not excluded(variable):
             d = d + self.l2_weight_decay * variable
+        return d
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
         v = self.velocities[self._get_variable_index(variable)]
-        self.assign(v, self.momentum * v + d)
+        self.assign(v, self.momentum * v + self.decayed_gradient(gradient, variable))
         self.assign_sub(variable, lr * v)
 
     def get_config(self):
