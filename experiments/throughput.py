@@ -91,7 +91,9 @@ def _tf_setup(args):
                  jit_compile=args.jit, **json.loads(args.overrides))
     runner = Runner(cfg, log=lambda *a: None)
     rng = np.random.default_rng(0)
-    n = max(4 * args.batch, 512)
+    # OBoW's queue takes one feature per image a step: its vocabulary must fit the images of an epoch
+    params = runner.model_cfg.params
+    n = max(4 * args.batch, 512, params.obow_words if cfg.method == "obow" else 0)
     data = Examples("random", rng.integers(0, 10, n), 10, images=rng.integers(0, 256, (n, 32, 32, 3), np.uint8))
     return tf, runner, data, METHODS
 
@@ -101,6 +103,7 @@ def tf_worker(args) -> dict:
     cfg, augment = runner.model_cfg, runner.augment_config()
     encoder = runner.build_encoder()
     model = METHODS[cfg.method].from_config(cfg, encoder, 10, num_examples=len(data))
+    model.prepare(data, log=lambda *a: None)     # BoWNet: k-means builds the vocabulary first
     model.set_schedule(100, 1000)
     stream = model.input_stream(data, augment, global_batch=args.batch, seed=0)
     if args.what == "augment":
