@@ -92,8 +92,7 @@ def _tf_setup(args):
     runner = Runner(cfg, log=lambda *a: None)
     rng = np.random.default_rng(0)
     # OBoW's queue takes one feature per image a step: its vocabulary must fit the images of an epoch
-    params = runner.model_cfg.params
-    n = max(4 * args.batch, 512, params.obow_words if cfg.method == "obow" else 0)
+    n = max(4 * args.batch, 512, getattr(runner.model_cfg.params, "obow_words", 0))
     data = Examples("random", rng.integers(0, 10, n), 10, images=rng.integers(0, 256, (n, 32, 32, 3), np.uint8))
     return tf, runner, data, METHODS
 
