@@ -2,7 +2,8 @@
 
 E(x) = μ(x) + σ(x)·ε. If the noise is most of z, D's latent path cannot tell E's z from the prior's, yet
 G(E(x)) hardly depends on x (the reconstructions look alike). This reads a pretraining checkpoint of a
-``--method=bigbigan`` run and prints, over the first ``--images`` images of an npz file, the mean norm of
+``--method=bigbigan`` run and prints, over the first ``--images`` images of the run's training split of
+an npz file (``--flagfile``'s split, as experiments/cifar10_methods.py trains on), the mean norm of
 μ, the per-dimension standard deviation of μ across images, the mean σ and the mean norm of σ·ε, with
 the prior's √d beside them; the same for a freshly initialised E of the same configuration.
 
@@ -17,7 +18,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 from ssl_tf import backend  # noqa: E402  (first: oneDNN is chosen before TensorFlow loads)
 
 tf = backend.import_tensorflow()
@@ -27,8 +29,6 @@ from ssl_tf import checkpoints, cli  # noqa: E402
 from ssl_tf.errors import SSLTFError  # noqa: E402
 from ssl_tf.methods.bigbigan import BigBiGAN  # noqa: E402
 from ssl_tf.runner import Runner  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def stats(model: BigBiGAN, x) -> str:
@@ -52,8 +52,8 @@ def main():
         raise SystemExit(f"--run={args.run}: no pretraining checkpoint there (expected pretrain/ckpt-*)")
     fv = flags.FlagValues()
     cli.define_flags(fv)
-    fv(["bigbigan_latent_scale", f"--flagfile={args.flagfile}", f"--dataset=npz:{args.npz}",
-        "--model_dir=/tmp/bigbigan_latent_scale", "--progress=false", "--plots=false"])
+    cli.parse_or_exit(["bigbigan_latent_scale", f"--flagfile={args.flagfile}", f"--dataset=npz:{args.npz}",
+                       "--model_dir=/tmp/bigbigan_latent_scale", "--progress=false", "--plots=false"], fv)
     try:
         runner = Runner(cli.config_from_flags(fv), log=lambda *a: None)
     except SSLTFError as e:
@@ -64,8 +64,8 @@ def main():
         model = BigBiGAN.from_config(runner.model_cfg, encoder, runner.data.num_classes)
         model.gaussian(x[:2], False)   # builds the head
         if tag == "trained":
-            tree = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder, latent_head=model.latent_head))
-            tree.read(checkpoint).expect_partial().assert_existing_objects_matched()
+            checkpoints.read_encoder(encoder, checkpoint)
+            checkpoints.read_encoder(model.latent_head, checkpoint, attr="latent_head")
         print(f"{tag}: {stats(model, x)}")
 
 
