@@ -158,6 +158,20 @@ def test_the_step_trains_d_then_e_and_g_then_moves_the_generators_ema():
     assert recon.shape == (16, 16, 16, 3) and ops.image_grid(recon, 8).shape == (32, 128, 3)
 
 
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_the_encoder_samples_its_gaussian_or_gives_its_mean(stochastic):
+    model = _bigbigan(tiny=True, stochastic_encoder=stochastic)
+    x = tf.random.stateless_uniform([32, 16, 16, 3], [1, 2])
+    h, mean, raw = model.gaussian(x, False)
+    _, mean2, z = model.encode(x, False, salt=3)
+    np.testing.assert_allclose(mean2.numpy(), mean.numpy(), rtol=1e-6)
+    eps = (z - mean) / tf.nn.softplus(raw)              # z = μ + softplus(σ̂)·ε with ε ~ N(0, I), or z = μ
+    if stochastic:
+        assert abs(float(tf.math.reduce_std(eps)) - 1.0) < 0.3 and float(tf.reduce_max(tf.abs(eps))) > 0.5
+    else:
+        np.testing.assert_array_equal(z.numpy(), mean.numpy())
+
+
 def test_two_replicas_match_one_device():
     one_device_and_two_replicas_agree(lambda: _bigbigan(sync=True, tiny=True, d_steps=1, mlp_depth=1),
                                       views.views_for("flip", CFG),
@@ -224,5 +238,5 @@ def test_defaults_follow_bigbigan_and_biggans_cifar_configuration():
                                                                                             "none", 0.0)
     p = c.params
     assert (p.gan_latent_dim, p.gan_channels, p.gan_d_steps, p.gan_d_learning_rate) == (120, 256, 4, 2e-4)
-    assert (p.gan_beta1, p.gan_beta2, p.gan_ema_decay) == (0.0, 0.999, 0.9999)
+    assert (p.gan_beta1, p.gan_beta2, p.gan_ema_decay, p.gan_stochastic_encoder) == (0.0, 0.999, 0.9999, True)
     assert resolve(Config(method="bigbigan", dataset="shapes"), 32).image_size == 32   # not the demo's 24

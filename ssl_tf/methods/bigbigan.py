@@ -64,6 +64,9 @@ class BigBiGAN(SSLMethod):
                                         source="the TF2 port LEGO999/BigBiGAN-TensorFlow2.0: 256")
         gan_encoder_depth: int = param(0, "Hidden layers of E's head before the linear layer giving μ and σ̂.",
                                        source="BigBiGAN §3.1: μ and σ̂ from a linear layer at E's output")
+        gan_stochastic_encoder: bool = param(
+            True, "E samples z = μ + σ·ε; --nogan_stochastic_encoder gives D z = μ, BiGAN's deterministic E.",
+            source="BigBiGAN §3.1: the stochastic E; BiGAN (Donahue et al. 2017): z = E(x)")
         gan_d_learning_rate: float = param(2e-4, "Adam learning rate of D (E and G: --learning_rate).",
                                            source="BigGAN CIFAR-10: D_lr 2e-4")
         gan_beta1: float = param(0.0, "Adam β1 of E, G and D.", source="BigGAN: 0")
@@ -94,11 +97,12 @@ class BigBiGAN(SSLMethod):
                 check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
 
     def __init__(self, encoder, num_classes=0, image_size=32, latent_dim=120, channels=256, mlp_units=256,
-                 mlp_depth=6, encoder_hidden=256, encoder_depth=0, d_learning_rate=2e-4, betas=(0.0, 0.999),
-                 d_steps=4, ema_decay=0.9999, grid=8, synchronized_bn=False, seed=0, **kwargs):
+                 mlp_depth=6, encoder_hidden=256, encoder_depth=0, stochastic_encoder=True, d_learning_rate=2e-4,
+                 betas=(0.0, 0.999), d_steps=4, ema_decay=0.9999, grid=8, synchronized_bn=False, seed=0, **kwargs):
         super().__init__(encoder, num_classes, **kwargs)
         self.latent_dim, self.d_steps, self.ema_decay, self.betas = latent_dim, d_steps, ema_decay, betas
         self.d_learning_rate, self.grid, self.seed = d_learning_rate, grid, seed
+        self.stochastic_encoder = stochastic_encoder
         self.latent_head = gan.latent_head(encoder.output_shape[-1], latent_dim, encoder_hidden, encoder_depth,
                                            synchronized_bn=synchronized_bn)
         self.generator = gan.generator(latent_dim, image_size, channels, synchronized_bn=synchronized_bn)
@@ -111,6 +115,7 @@ class BigBiGAN(SSLMethod):
         return cls(encoder, num_classes, image_size=shared.image_size, latent_dim=p.gan_latent_dim,
                    channels=p.gan_channels, mlp_units=p.gan_mlp_units, mlp_depth=p.gan_mlp_depth,
                    encoder_hidden=p.gan_encoder_hidden, encoder_depth=p.gan_encoder_depth,
+                   stochastic_encoder=p.gan_stochastic_encoder,
                    d_learning_rate=p.gan_d_learning_rate, betas=(p.gan_beta1, p.gan_beta2), d_steps=p.gan_d_steps,
                    ema_decay=p.gan_ema_decay, grid=p.gan_grid, synchronized_bn=shared.global_bn, seed=shared.seed)
 
@@ -153,8 +158,11 @@ class BigBiGAN(SSLMethod):
         return h, mean, raw
 
     def encode(self, x, training, salt):
-        """(backbone features h, μ, a sample z = μ + softplus(σ̂)·ε of E's Gaussian) of the images ``x``."""
+        """(backbone features h, μ, a sample z = μ + softplus(σ̂)·ε of E's Gaussian) of the images ``x``;
+        z = μ with the deterministic E (σ̂ then gets no gradient)."""
         h, mean, raw = self.gaussian(x, training)
+        if not self.stochastic_encoder:
+            return h, mean, mean
         eps = self.batch_uniform(tf.shape(x)[0], [self.latent_dim], salt, sampler=tf.random.stateless_normal)
         return h, mean, mean + tf.nn.softplus(raw) * eps
 
